@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-
 def _empty(dtype):
     return field(default_factory=lambda: np.zeros(0, dtype))
 

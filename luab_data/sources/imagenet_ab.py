@@ -1,0 +1,280 @@
+"""ImageNet-AB: the official tar.gz of train_xml/<wnid>/<stem>.xml, or that folder extracted.
+
+Members are streamed (never extracted, never all in memory), grouped into chunks, scanned by
+the numba kernel in worker threads (it releases the GIL) and assembled into Arrow batches in
+the order they were read. Labels index the sorted class list of the *whole* source, found by a
+listing pass first, so that every shard numbers classes alike.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from luab_data.records import IMAGENET_AB, Reject, record_schema
+from luab_data.sources import validation as v
+from luab_data.sources import xml_scan
+from luab_data.sources.errors import SourceError
+from luab_data.sources.progress import Progress
+from luab_data.sources.sharding import in_shard
+
+CHUNK_DOCS = 2048
+
+
+@dataclass
+class Member:
+    """One XML file of the release, with where it came from."""
+
+    where: str  # archive member or file path, for messages
+    wnid: str
+    stem: str
+    data: bytes
+
+
+def split_member_name(name: str) -> tuple[str, str] | None:
+    """'train_xml/<wnid>/<stem>.xml' -> (wnid, stem); None for anything else in the archive."""
+    parts = name.replace("\\", "/").split("/")
+    if len(parts) < 2 or not parts[-1].endswith(".xml"):
+        return None
+    return parts[-2], parts[-1][: -len(".xml")]
+
+
+def _iter_tar(path: Path, progress: Progress, read_data: bool = True) -> Iterator[Member]:
+    count, last = 0, "the first member"
+    with open(path, "rb") as raw:
+        try:
+            with tarfile.open(fileobj=raw, mode="r|*") as tar:
+                for info in tar:
+                    last = info.name
+                    parsed = split_member_name(info.name) if info.isfile() else None
+                    if parsed is None:
+                        continue
+                    data = tar.extractfile(info).read() if read_data else b""
+                    progress.done = raw.tell()
+                    count += 1
+                    yield Member(info.name, parsed[0], parsed[1], data)
+        except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+            raise SourceError(
+                f"{path}: the archive is truncated or corrupt after {count} XML members "
+                f"(last read: {last}): {err}"
+            ) from err
+    progress.done = progress.total
+
+
+def _xml_root(path: Path) -> Path:
+    return path / "train_xml" if (path / "train_xml").is_dir() else path
+
+
+def _iter_folder(path: Path, progress: Progress, read_data: bool = True) -> Iterator[Member]:
+    root = _xml_root(path)
+    for wnid in sorted(e.name for e in os.scandir(root) if e.is_dir()):
+        for name in sorted(os.listdir(root / wnid)):
+            if name.endswith(".xml"):
+                file = root / wnid / name
+                data = file.read_bytes() if read_data else b""
+                progress.done += 1
+                yield Member(str(file), wnid, name[: -len(".xml")], data)
+
+
+@dataclass
+class ImageNetABSource:
+    """Reader of the official ImageNet-AB release (tar, tar.gz or the extracted folder)."""
+
+    path: Path
+    classes: list[str] | None = None  # None: the sorted wnids found in the source
+    images: Path | None = None  # root holding train/<wnid>/<stem>.JPEG, checked if given
+    with_jpeg: bool = False
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    kind: str = IMAGENET_AB
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        self.is_folder = self.path.is_dir()
+        if self.is_folder:  # files of the folder, counted once (cheap beside parsing them)
+            root = _xml_root(self.path)
+            self.progress = Progress(sum(len(os.listdir(d)) for d in root.iterdir()), unit="files")
+        else:  # compressed bytes of the archive
+            self.progress = Progress(self.path.stat().st_size)
+        if self.with_jpeg and self.images is None:
+            raise SourceError("JPEG bytes were asked for but no --images folder was given")
+
+    def _members(self, read_data: bool = True) -> Iterator[Member]:
+        if self.is_folder:
+            return _iter_folder(self.path, self.progress, read_data)
+        return _iter_tar(self.path, self.progress, read_data)
+
+    def class_list(self) -> list[str]:
+        """The class list labels index: given, or the sorted wnids of the whole source."""
+        if self.classes is None:
+            if self.is_folder:
+                root = _xml_root(self.path)
+                self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+            else:
+                self.classes = sorted({m.wnid for m in _iter_tar(self.path, Progress(0), False)})
+        return self.classes
+
+    def metadata(self) -> dict:
+        return {"source_kind": self.kind, "classes": self.class_list()}
+
+    def batches(self, shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[pa.RecordBatch, list]]:
+        """(record batch, rejects) per chunk, in source order."""
+        index = {w: i for i, w in enumerate(self.class_list())}
+        seen: set[str] = set()
+        chunk: list[Member] = []
+        rejects: list[Reject] = []
+        pending: deque = deque()
+        with ThreadPoolExecutor(max(1, self.workers)) as pool:
+            for member in self._members():
+                if not in_shard(member.stem, shard):
+                    continue
+                bad = self._precheck(member, index, seen)
+                if bad is not None:
+                    rejects.append(bad)
+                    continue
+                chunk.append(member)
+                if len(chunk) >= CHUNK_DOCS:
+                    pending.append(pool.submit(self._assemble, chunk, index, rejects))
+                    chunk, rejects = [], []
+                    while len(pending) > self.workers:  # bounded read-ahead
+                        yield pending.popleft().result()
+            if chunk or rejects:
+                pending.append(pool.submit(self._assemble, chunk, index, rejects))
+            while pending:
+                yield pending.popleft().result()
+
+    def _precheck(self, m: Member, index: dict, seen: set) -> Reject | None:
+        """Checks that need no parsing: duplicate key, unknown class, missing image."""
+        if m.stem in seen:
+            return Reject(m.stem, v.DUPLICATE_KEY, "the same image stem occurs twice", m.where)
+        seen.add(m.stem)
+        if m.wnid not in index:
+            detail = f"wnid {m.wnid} is not in the class list"
+            return Reject(m.stem, v.UNKNOWN_CLASS, detail, m.where)
+        if self.images is not None:
+            image = self.images / _image_path(m)
+            if not image.is_file():
+                return Reject(m.stem, v.MISSING_IMAGE, f"{image} does not exist", m.where)
+        return None
+
+    def _assemble(self, chunk: list[Member], index: dict, rejects: list) -> tuple:
+        raw = b"".join(m.data for m in chunk)
+        starts = np.zeros(len(chunk) + 1, np.int64)
+        np.cumsum([len(m.data) for m in chunk], out=starts[1:])
+        scan = xml_scan.scan_chunk(np.frombuffer(raw, np.uint8), starts)
+        for d in np.flatnonzero(scan.doc_err):
+            reason, what = xml_scan.ERRORS[scan.doc_err[d]]
+            at = int(scan.doc_errpos[d])
+            snippet = chunk[d].data[max(0, at - 20) : at + 40].decode("utf-8", "replace")
+            rejects.append(Reject(chunk[d].stem, reason, f"{what} at byte {at}: {snippet!r}",
+                                  chunk[d].where))  # fmt: skip
+        keep = scan.doc_err == 0
+        kept = [m for m, k in zip(chunk, keep, strict=True) if k]
+        labels = np.array([index[m.wnid] for m in kept], np.int32)
+        jpegs = None
+        if self.with_jpeg:
+            jpegs = [(self.images / _image_path(m)).read_bytes() for m in kept]
+        batch = _columns(scan, raw, kept, labels, index, jpegs)
+        return batch, rejects
+
+
+def _image_path(m: Member) -> str:
+    return f"train/{m.wnid}/{m.stem}.JPEG"
+
+
+def _list(offsets: np.ndarray, values, type_: pa.DataType, mask=None) -> pa.ListArray:
+    return pa.ListArray.from_arrays(
+        pa.array(offsets, pa.int32()), pa.array(values, type_, mask=mask)
+    )
+
+
+def _offsets(ends: np.ndarray) -> np.ndarray:
+    """Kept documents' row ranges, given each kept doc's end cursor (bad docs added none)."""
+    return np.concatenate([[0], ends]).astype(np.int32)
+
+
+def _columns(scan, raw: bytes, kept: list[Member], labels, index: dict, jpegs) -> pa.RecordBatch:
+    keep = scan.doc_err == 0
+    ann_off = _offsets(scan.doc_ann_end[keep])
+    smp_off = _offsets(scan.doc_smp_end[keep])
+    clk_off = _offsets(scan.doc_clk_end[keep])
+    obj_off = _offsets(scan.doc_obj_end[keep])
+    n = len(kept)
+    ann_doc = np.repeat(np.arange(n), np.diff(ann_off))
+    first_ann = ann_off[:-1]
+    width = scan.ann_int[first_ann, 4] if n else np.zeros(0, np.int64)
+    height = scan.ann_int[first_ann, 5] if n else np.zeros(0, np.int64)
+    point_x, point_y = _paper_point(scan, ann_doc, n)
+    smp_local = scan.smp_ann - first_ann[ann_doc[scan.smp_ann]] if len(scan.smp_ann) else []
+    clk_local = scan.clk_ann - first_ann[ann_doc[scan.clk_ann]] if len(scan.clk_ann) else []
+    clk_class = labels[ann_doc[scan.clk_ann]] if len(scan.clk_ann) else []
+    missing = scan.ann_int == xml_scan.MISSING
+    ints = np.where(missing, 0, scan.ann_int)  # masked below; 0 keeps narrow casts in range
+
+    def text(col: int) -> list[str]:
+        return [raw[s:e].decode("utf-8", "replace") for s, e in scan.ann_str[:, col]]
+
+    obj_doc = np.repeat(np.arange(n), np.diff(obj_off))
+    box_w = np.where(scan.doc_size[keep, 0] > 0, scan.doc_size[keep, 0], width)[obj_doc]
+    box_h = np.where(scan.doc_size[keep, 1] > 0, scan.doc_size[keep, 1], height)[obj_doc]
+    names = [raw[s:e].decode("utf-8", "replace") for s, e in scan.obj_name]
+    f32 = pa.float32()
+    cols = {
+        "key": pa.array([m.stem for m in kept], pa.string()),
+        "source": pa.array([IMAGENET_AB] * n, pa.string()),
+        "image": pa.array([_image_path(m) for m in kept], pa.string()),
+        "wnid": pa.array([m.wnid for m in kept], pa.string()),
+        "label": pa.array(labels, pa.int32()),
+        "labels": _list(np.arange(n + 1), labels, pa.int32()),
+        "width": pa.array(width, pa.int32()),
+        "height": pa.array(height, pa.int32()),
+        "point_x": pa.array(point_x, f32, mask=np.isnan(point_x)),
+        "point_y": pa.array(point_y, f32, mask=np.isnan(point_y)),
+        "n_clicks": pa.array(np.diff(clk_off), pa.int32()),
+        "n_trace": pa.array(np.diff(smp_off), pa.int32()),
+        "click_x": _list(clk_off, scan.clk_x, f32),
+        "click_y": _list(clk_off, scan.clk_y, f32),
+        "click_t": _list(clk_off, scan.clk_t, pa.int64()),
+        "click_class": _list(clk_off, clk_class, pa.int32()),
+        "click_ann": _list(clk_off, clk_local, pa.int16()),
+        "trace_x": _list(smp_off, scan.smp_x, f32),
+        "trace_y": _list(smp_off, scan.smp_y, f32),
+        "trace_t": _list(smp_off, scan.smp_t, pa.int64()),
+        "trace_ann": _list(smp_off, smp_local, pa.int16()),
+        "ann_worker": _list(ann_off, text(0), pa.string()),
+        "ann_task": _list(ann_off, text(1), pa.string()),
+        "ann_selected": _list(ann_off, scan.ann_sel == 1, pa.bool_()),
+        "ann_duration_ms": _list(ann_off, ints[:, 0], pa.int32(), missing[:, 0]),
+        "ann_submit_s": _list(ann_off, ints[:, 1], pa.int64(), missing[:, 1]),
+        "ann_page": _list(ann_off, ints[:, 3], pa.int16(), missing[:, 3]),
+        "ann_hover_count": _list(ann_off, ints[:, 2], pa.int32(), missing[:, 2]),
+        "box_x0": _list(obj_off, scan.obj_box[:, 0] / box_w, f32),
+        "box_y0": _list(obj_off, scan.obj_box[:, 1] / box_h, f32),
+        "box_x1": _list(obj_off, scan.obj_box[:, 2] / box_w, f32),
+        "box_y1": _list(obj_off, scan.obj_box[:, 3] / box_h, f32),
+        "box_class": _list(obj_off, [index.get(w, -1) for w in names], pa.int32()),
+    }
+    if jpegs is not None:
+        cols["jpeg"] = pa.array(jpegs, pa.binary())
+    schema = record_schema(jpegs is not None)
+    return pa.RecordBatch.from_arrays([cols[f.name] for f in schema], schema=schema)
+
+
+def _paper_point(scan, ann_doc: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over selected annotations of each one's first click; NaN where there is none."""
+    anns, first = np.unique(scan.clk_ann, return_index=True)  # clicks are in document order
+    chosen = scan.ann_sel[anns] == 1
+    anns, first = anns[chosen], first[chosen]
+    docs = ann_doc[anns]
+    count = np.bincount(docs, minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        px = np.bincount(docs, scan.clk_x[first], minlength=n) / count
+        py = np.bincount(docs, scan.clk_y[first], minlength=n) / count
+    return px, py

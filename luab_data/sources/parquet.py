@@ -1,0 +1,47 @@
+"""Our own Parquet output as a source: for inspect, export and re-building in another format."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from luab_data.records import read_metadata
+from luab_data.sources.errors import SourceError
+from luab_data.sources.progress import Progress
+from luab_data.sources.sharding import in_shard
+
+PARQUET = "parquet"
+
+
+def parquet_files(path: Path) -> list[Path]:
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    if not files:
+        raise SourceError(f"{path}: no .parquet files (did the build finish?)")
+    return files
+
+
+@dataclass
+class ParquetSource:
+    path: Path
+    kind: str = PARQUET
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        self.files = parquet_files(self.path)
+        self.progress = Progress(len(self.files), unit="files")
+
+    def metadata(self) -> dict:
+        return read_metadata(pq.read_schema(self.files[0]))
+
+    def batches(self, shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[pa.RecordBatch, list]]:
+        for file in self.files:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=4096):
+                if shard[1] > 1:
+                    mask = [in_shard(k, shard) for k in batch.column("key").to_pylist()]
+                    batch = batch.filter(pa.array(mask))
+                yield batch, []
+            self.progress.done += 1
