@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 
 from luab_data import __version__
+from luab_data.build import StrictError, Summary, build_parquet, iterate
+from luab_data.sources import KINDS, SourceError, open_source, read_class_file
+from luab_data.sources.coco_ab import POLICIES
+from luab_data.sources.interchange import write_interchange
+from luab_data.sources.sharding import parse_shard
+from luab_data.stats import collect, format_summary
+from luab_data.writers.atomic import atomic_path
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -19,6 +29,175 @@ def main() -> None:
       luab-data inspect data/
       luab-data export --src coco_ab_v1_0.json --out coco.jsonl
     """
+
+
+# --- shared options -------------------------------------------------------------------------
+def _source_options(f):
+    f = click.option(
+        "--kind",
+        type=click.Choice(KINDS),
+        default=None,
+        help="Force the kind of source instead of detecting it from content.",
+    )(f)
+    f = click.option(
+        "--classes",
+        "classes_file",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        help="ImageNet class list (one wnid per line or a JSON list); "
+        "labels index it. Default: the sorted wnids of the whole source.",
+    )(f)
+    f = click.option(
+        "--coco-policy",
+        type=click.Choice(POLICIES),
+        default="replay",
+        show_default=True,
+        help="COCO icons: replay add/move/remove to final "
+        "positions, or the official loader's 'last add wins'.",
+    )(f)
+    f = click.option(
+        "--src",
+        "src",
+        required=True,
+        type=click.Path(exists=True),
+        help="imagenet_ab_v1_0.tar.gz (or its train_xml/ folder), "
+        "coco_ab_v1_0.json, records .json/.jsonl, or built Parquet.",
+    )(f)
+    return f
+
+
+def _open(src, kind, classes_file, coco_policy, **options):
+    classes = read_class_file(classes_file) if classes_file else None
+    return open_source(src, kind, classes=classes, coco_policy=coco_policy, **options)
+
+
+def _fail(err: Exception) -> None:
+    raise click.ClickException(str(err)) from err
+
+
+# --- build ----------------------------------------------------------------------------------
+@main.command()
+@_source_options
+@click.option(
+    "--images",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Folder holding the JPEGs in the release layout (train/<wnid>/<stem>.JPEG "
+    "or train2014/...): records whose image is missing are rejected.",
+)
+@click.option(
+    "--with-images", is_flag=True, help="Store the JPEG bytes in the output (needs --images)."
+)
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Output folder (created)."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["parquet"]),
+    default="parquet",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "--shard",
+    default="0/1",
+    show_default=True,
+    help="Build only shard i of n (records are split by a hash of their key).",
+)
+@click.option(
+    "--strict", is_flag=True, help="Stop at the first bad record instead of rejecting it."
+)
+@click.option("--overwrite", is_flag=True, help="Rebuild a shard that is already complete.")
+@click.option("--rows-per-file", default=250_000, show_default=True, help="Rotate Parquet parts.")
+@click.option("--workers", type=int, default=None, help="Parser threads (default: all cores).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def build(src, kind, classes_file, coco_policy, images, with_images, out, fmt, shard, strict,
+          overwrite, rows_per_file, workers, quiet):  # fmt: skip
+    """Read a release (or records) and write canonical records as Parquet shards.
+
+    Bad records are written to rejects-<shard>.jsonl with their key and reason and counted in
+    the summary; every good record is kept. Output appears atomically: a shard is complete
+    when its manifest-<shard>.json exists.
+    """
+    try:
+        shard_ = parse_shard(shard)
+        source = _open(src, kind, classes_file, coco_policy, images=images,
+                       with_jpeg=with_images, workers=workers)  # fmt: skip
+        summary = build_parquet(source, Path(out), shard_, strict=strict, overwrite=overwrite,
+                                rows_per_file=rows_per_file, show_progress=not quiet)  # fmt: skip
+    except (SourceError, StrictError, FileExistsError, ValueError) as err:
+        _fail(err)
+    click.echo("\n".join(summary.lines()))
+
+
+# --- export ---------------------------------------------------------------------------------
+@main.command()
+@_source_options
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="Output file (.jsonl or .json)."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "json"]),
+    default=None,
+    help="JSON lines or one JSON list (default: from the --out suffix, else jsonl).",
+)
+@click.option(
+    "--rejects",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the rejected records here (JSON lines).",
+)
+@click.option("--strict", is_flag=True, help="Stop at the first bad record.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def export(src, kind, classes_file, coco_policy, out, fmt, rejects, strict, quiet):
+    """Write records in the interchange form (what `build --src records.jsonl` reads)."""
+    fmt = fmt or ("json" if out.endswith(".json") else "jsonl")
+    summary = Summary()
+    bad: list = []
+    try:
+        source = _open(src, kind, classes_file, coco_policy)
+        with atomic_path(Path(out)) as tmp, open(tmp, "w") as f:
+            batches = iterate(source, strict=strict, show_progress=not quiet,
+                              on_rejects=bad.extend, summary=summary)  # fmt: skip
+            write_interchange(batches, source.metadata(), f, as_list=fmt == "json")
+        if rejects:
+            with atomic_path(Path(rejects)) as tmp:
+                tmp.write_text("".join(json.dumps(r.as_dict()) + "\n" for r in bad))
+    except (SourceError, StrictError) as err:
+        _fail(err)
+    summary.outputs = [out] + ([rejects] if rejects else [])
+    click.echo("\n".join(summary.lines()))
+    for r in bad[:10]:
+        click.echo(f"  rejected {r.key} ({r.where}): {r.reason}: {r.detail}", err=True)
+
+
+# --- inspect --------------------------------------------------------------------------------
+@main.command("inspect")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--kind", type=click.Choice(KINDS), default=None, help="Force the kind of PATH.")
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def inspect_cmd(path, kind, as_json, quiet):
+    """Counts and distributions of a source or a built output: trace lengths, durations,
+    click positions, votes, annotators, classes, and the rejects a build would make."""
+    summary = Summary()
+    try:
+        source = open_source(path, kind)
+        stats = collect(iterate(source, show_progress=not quiet, summary=summary))
+    except SourceError as err:
+        _fail(err)
+    stats = {"path": str(path), "kind": source.kind, **stats,
+             "rejects": dict(summary.rejects)}  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(stats, indent=2))
+        return
+    click.echo(f"{path}  ({source.kind})")
+    click.echo(format_summary(stats))
+    rejected = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.rejects.items())) or "none"
+    click.echo(f"rejects               {rejected}")
 
 
 # Sub-commands live beside the stage they drive; each module registers one command here.
