@@ -18,7 +18,8 @@ def trace_xml(samples: list[tuple[int, float, float]] | None) -> str:
     if not samples:
         return "<mouseTracking>None</mouseTracking>"
     return "".join(
-        f"<mouseTracking><time>{t}</time><x>{x}</x><y>{y}</y></mouseTracking>" for t, x, y in samples
+        f"<mouseTracking><time>{t}</time><x>{x}</x><y>{y}</y></mouseTracking>"
+        for t, x, y in samples
     )
 
 
@@ -26,7 +27,8 @@ def clicks_xml(clicks: list[tuple[int, float, float]] | None) -> str:
     if not clicks:
         return "<selectedRecord>None</selectedRecord>"
     return "".join(
-        f"<selectedRecord><time>{t}</time><x>{x}</x><y>{y}</y></selectedRecord>" for t, x, y in clicks
+        f"<selectedRecord><time>{t}</time><x>{x}</x><y>{y}</y></selectedRecord>"
+        for t, x, y in clicks
     )
 
 
@@ -89,7 +91,8 @@ def ilsvrc_xml(wnid: str, stem: str, blocks: list[str], width=500, height=375, b
 
 
 def bare_xml(wnid: str, stem: str, blocks: list[str]) -> str:
-    return f"<annotation><filename>{stem}</filename><folder>{wnid}</folder>{''.join(blocks)}</annotation>"
+    head = f"<annotation><filename>{stem}</filename><folder>{wnid}</folder>"
+    return head + "".join(blocks) + "</annotation>"
 
 
 def write_tar(path: Path, members: list[tuple[str, str | bytes]]) -> Path:
@@ -158,7 +161,9 @@ def imagenet_members() -> list[tuple[str, str]]:
 #    last-add -> person (0.1,0.2,100), dog (0.5,0.5,200), cat (0.7,0.8,500): [0, 15, 16 dog]
 # 25: no icons, empty trace.  30: never loaded (0 x 0) -> zero-size reject.
 def coco_action(kind: str, icon: str, t: int, to=None, frm=None) -> dict:
-    point = (lambda p: None if p is None else {"x": p[0], "y": p[1]})
+    def point(p):
+        return None if p is None else {"x": p[0], "y": p[1]}
+
     return {"actionType": kind, "iconType": icon, "pointFrom": point(frm), "pointTo": point(to),
             "timeAt": t}  # fmt: skip
 

@@ -196,7 +196,12 @@ class CocoABSource:
             rec = parse_record(element, self.policy)
         except RejectError as err:
             key = err.key or f"?{where}"
-            return Reject(key, err.reason, err.detail, where) if in_shard(key, shard) else None
+            if not in_shard(key, shard):
+                return None
+            if key in seen:  # the first occurrence of a key wins, whatever its fate
+                return Reject(key, v.DUPLICATE_KEY, "the same image_id occurs twice", where)
+            seen.add(key)
+            return Reject(key, err.reason, err.detail, where)
         if not in_shard(rec.key, shard):
             return None
         if rec.key in seen:

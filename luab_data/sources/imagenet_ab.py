@@ -172,7 +172,7 @@ class ImageNetABSource:
         for d in np.flatnonzero(scan.doc_err):
             reason, what = xml_scan.ERRORS[scan.doc_err[d]]
             at = int(scan.doc_errpos[d])
-            snippet = chunk[d].data[max(0, at - 20) : at + 40].decode("utf-8", "replace")
+            snippet = chunk[d].data[at : at + 90].decode("utf-8", "replace")
             rejects.append(Reject(chunk[d].stem, reason, f"{what} at byte {at}: {snippet!r}",
                                   chunk[d].where))  # fmt: skip
         keep = scan.doc_err == 0

@@ -126,6 +126,9 @@ def _one(element: object, where: str, seen: set, shard) -> dict | Reject | None:
     key = str(element.get("key")) if isinstance(element, dict) else f"?{where}"
     if not in_shard(key, shard):
         return None
+    if key in seen:  # the first occurrence of a key wins, whatever its fate
+        return Reject(key, v.DUPLICATE_KEY, "the same key occurs twice", where)
+    seen.add(key)
     if not isinstance(element, dict):
         return Reject(key, v.BAD_FIELD, "record is not a JSON object", where)
     try:
@@ -133,9 +136,6 @@ def _one(element: object, where: str, seen: set, shard) -> dict | Reject | None:
     except (RejectError, TypeError) as err:
         reason = err.reason if isinstance(err, RejectError) else v.BAD_FIELD
         return Reject(key, reason, str(err), where)
-    if key in seen:
-        return Reject(key, v.DUPLICATE_KEY, "the same key occurs twice", where)
-    seen.add(key)
     return element
 
 
