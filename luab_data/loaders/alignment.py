@@ -1,0 +1,99 @@
+"""Synthetic samples with a bright marker at a known point, and the measurements that prove a
+loader keeps image, map and point aligned (DESIGN.md, contract 4).
+
+Every loader (FFCV, the PyTorch reference, DALI) is held to the same check: after its crop and
+flip, the marker's centroid lies within one output pixel of the point target, and the map's
+peak within one map cell of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MARKER_SIGMA = 1.5  # px of the stored image; the marker is a Gaussian blob of this width
+MARKER_REACH = 3.0 * MARKER_SIGMA  # beyond this, the blob is dark: a crop edge that far is safe
+BACKGROUND_MAX = 30  # background noise stays below this, the marker's peak is 255
+_THRESHOLD = 45.0
+
+
+@dataclass(frozen=True)
+class MarkedSample:
+    image: np.ndarray  # (H, W, 3) uint8, dark noise with a bright blob at the point
+    amap: np.ndarray  # (2, Hm, Wm) uint8: 0 = Gaussian at the point, 1 = ramp along x
+    point: np.ndarray  # (2,) float32 normalised (x, y); (-1, -1) when absent
+    label: int
+
+
+def marked_sample(
+    index: int,
+    map_shape: tuple[int, int] = (48, 64),
+    size_range: tuple[int, int] = (96, 224),
+    map_sigma_px: float = 4.0,
+    absent_every: int = 0,
+) -> MarkedSample:
+    """A reproducible sample: random size and point (from ``index``), marker at the point.
+
+    Every ``absent_every``-th sample (if > 0) has no point: no marker, a flat map channel 0.
+    """
+    rng = np.random.default_rng(1000 + index)
+    height, width = (int(v) for v in rng.integers(size_range[0], size_range[1], 2))
+    image = rng.integers(0, BACKGROUND_MAX, (height, width, 3), dtype=np.uint8)
+    amap = np.zeros((2, *map_shape), np.uint8)
+    amap[1] = np.linspace(0, 255, map_shape[1]).astype(np.uint8)[None, :]
+    point = np.array([-1.0, -1.0], np.float32)
+    if not (absent_every and index % absent_every == 0):
+        point = rng.uniform(0.1, 0.9, 2).astype(np.float32)
+        blob = _gaussian(point, (height, width), MARKER_SIGMA, (width, height))
+        image = np.maximum(image, (255.0 * blob).astype(np.uint8)[..., None])
+        amap[0] = (255.0 * _gaussian(point, map_shape, map_sigma_px, (width, height))).astype(
+            np.uint8
+        )
+    return MarkedSample(image, amap, point, index % 10)
+
+
+def _gaussian(
+    point: np.ndarray, shape: tuple[int, int], sigma_px: float, image_size: tuple[int, int]
+) -> np.ndarray:
+    """Gaussian over a raster of ``shape`` covering the whole image, sigma in image pixels
+    (anisotropic in cells when the raster and the image differ in aspect: contract 2)."""
+    rows, cols = shape
+    xs = (np.arange(cols) + 0.5) / cols - point[0]
+    ys = (np.arange(rows) + 0.5) / rows - point[1]
+    dx = xs * image_size[0] / sigma_px
+    dy = ys * image_size[1] / sigma_px
+    return np.exp(-0.5 * (dy[:, None] ** 2 + dx[None, :] ** 2))
+
+
+def marker_position(image: np.ndarray) -> np.ndarray | None:
+    """Brightness-weighted centroid of the marker, as a continuous (x, y) position in output
+    pixels (pixel i covers [i, i+1)); None if no marker is visible. ``image``: (H, W, 3),
+    uint8-valued."""
+    gray = np.asarray(image, np.float64).mean(axis=-1)
+    weight = np.clip(gray - _THRESHOLD, 0.0, None)
+    total = weight.sum()
+    if total <= 0.0:
+        return None
+    rows, cols = np.indices(weight.shape)
+    return np.array([(weight * (cols + 0.5)).sum(), (weight * (rows + 0.5)).sum()]) / total
+
+
+def map_peak(channel: np.ndarray) -> np.ndarray:
+    """Centre of the arg-max cell of a (Ho, Wo) map, as a continuous (x, y) in cells."""
+    row, col = np.unravel_index(int(np.argmax(channel)), channel.shape)
+    return np.array([col + 0.5, row + 0.5])
+
+
+def marker_clear_of_edges(point: np.ndarray, box: np.ndarray, size: tuple[int, int]) -> bool:
+    """Whether the whole marker blob lies inside the crop (a clipped blob's centroid is pulled
+    inward by design, so such samples only get the point/map checks). ``size``: stored
+    image (width, height)."""
+    width, height = size
+    x, y = point[0] * width, point[1] * height
+    return bool(
+        x - box[0] * width >= MARKER_REACH
+        and box[2] * width - x >= MARKER_REACH
+        and y - box[1] * height >= MARKER_REACH
+        and box[3] * height - y >= MARKER_REACH
+    )
