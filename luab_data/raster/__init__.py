@@ -1,0 +1,1 @@
+"""Attention maps: clicks and traces rasterised into Gaussian maps (numba; torch twin)."""
