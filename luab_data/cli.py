@@ -201,3 +201,6 @@ def inspect_cmd(path, kind, as_json, quiet):
 
 
 # Sub-commands live beside the stage they drive; each module registers one command here.
+from luab_data.sample.cli import sample  # noqa: E402
+
+main.add_command(sample)
