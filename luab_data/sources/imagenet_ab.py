@@ -37,6 +37,7 @@ class Member:
     wnid: str
     stem: str
     data: bytes
+    seq: int = 0  # position in the source, to report rejects in source order
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:
@@ -132,12 +133,13 @@ class ImageNetABSource:
         rejects: list[Reject] = []
         pending: deque = deque()
         with ThreadPoolExecutor(max(1, self.workers)) as pool:
-            for member in self._members():
+            for seq, member in enumerate(self._members()):
                 if not in_shard(member.stem, shard):
                     continue
+                member.seq = seq
                 bad = self._precheck(member, index, seen)
                 if bad is not None:
-                    rejects.append(bad)
+                    rejects.append((seq, bad))
                     continue
                 chunk.append(member)
                 if len(chunk) >= CHUNK_DOCS:
@@ -173,8 +175,8 @@ class ImageNetABSource:
             reason, what = xml_scan.ERRORS[scan.doc_err[d]]
             at = int(scan.doc_errpos[d])
             snippet = chunk[d].data[at : at + 90].decode("utf-8", "replace")
-            rejects.append(Reject(chunk[d].stem, reason, f"{what} at byte {at}: {snippet!r}",
-                                  chunk[d].where))  # fmt: skip
+            detail = f"{what} at byte {at}: {snippet!r}"
+            rejects.append((chunk[d].seq, Reject(chunk[d].stem, reason, detail, chunk[d].where)))
         keep = scan.doc_err == 0
         kept = [m for m, k in zip(chunk, keep, strict=True) if k]
         labels = np.array([index[m.wnid] for m in kept], np.int32)
@@ -182,7 +184,7 @@ class ImageNetABSource:
         if self.with_jpeg:
             jpegs = [(self.images / _image_path(m)).read_bytes() for m in kept]
         batch = _columns(scan, raw, kept, labels, index, jpegs)
-        return batch, rejects
+        return batch, [r for _, r in sorted(rejects, key=lambda sr: sr[0])]
 
 
 def _image_path(m: Member) -> str:
