@@ -15,6 +15,7 @@ arrays and every operation holds the plan, which keeps them alive as long as the
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from typing import Any
 
@@ -45,6 +46,14 @@ def _address_as_pointer(typingctx, address):  # noqa: ARG001 - numba's intrinsic
         return builder.inttoptr(args[0], cgutils.voidptr_t)
 
     return types.voidptr(address), codegen
+
+
+@functools.cache
+def _compiled(function: Any, enabled: bool) -> Any:
+    """One compiled copy per process of FFCV's ctypes helpers: a fresh dispatcher per
+    ``generate_code`` call would be collected later, and numba's dispatcher finaliser is
+    prone to an ignored KeyError when that happens beside a running loader thread."""
+    return Compiler.compile(function) if enabled else function
 
 
 @njit(cache=True)
@@ -152,8 +161,8 @@ class CoupledCropDecoder(ResizedCropRGBImageDecoder):
         jpg = IMAGE_MODES["jpg"]
         read = self.memory_read
         loop = Compiler.get_iterator()
-        decode_jpeg = Compiler.compile(imdecode)
-        crop_resize = Compiler.compile(resize_crop)
+        decode_jpeg = _compiled(imdecode, Compiler.is_enabled)
+        crop_resize = _compiled(resize_crop, Compiler.is_enabled)
         crop_of = self.plan.crop_kernel
 
         def decode(indices, buffers, metadata, storage_state):
