@@ -127,10 +127,12 @@ def rasterise(
     t_ch = np.full(len(trace.x), config.trace_channel, np.int32)
     quant = config.dtype == "uint8"
     kernels.rasterise_kernel(
-        geometry(width, height, config, boxes),
-        _i64(clicks.offsets), _f32(clicks.x), _f32(clicks.y), np.ones(len(clicks.x)),
-        click_channels(clicks, config),
-        _i64(trace.offsets), _f32(trace.x), _f32(trace.y), trace_weights(trace, config), t_ch,
+        _frozen(geometry(width, height, config, boxes), np.float64),
+        _i64(clicks.offsets), _f32(clicks.x), _f32(clicks.y),
+        _frozen(np.ones(len(clicks.x)), np.float64),
+        _frozen(click_channels(clicks, config), np.int32),
+        _i64(trace.offsets), _f32(trace.x), _f32(trace.y),
+        _frozen(trace_weights(trace, config), np.float64), _frozen(t_ch, np.int32),
         float(config.truncate), config.cut, config.unit_mass, config.outside == "clip",
         kernels.NORM_CODES[config.norm], 255.0 if quant else 1.0, 0.5 if quant else 0.0,
         out, valid,
@@ -169,19 +171,27 @@ def class_points(clicks: Ragged, n_classes: int) -> tuple[np.ndarray, np.ndarray
     cls = clicks.cls if clicks.cls is not None else np.zeros(len(clicks.x), np.int32)
     keep = clicks.keep if clicks.keep is not None else np.ones(len(clicks.x), np.bool_)
     kernels.class_points_kernel(
-        _i64(clicks.offsets), _f32(clicks.x), _f32(clicks.y), cls.astype(np.int32, copy=False),
-        keep, out, valid,
+        _i64(clicks.offsets), _f32(clicks.x), _f32(clicks.y), _frozen(cls, np.int32),
+        _frozen(keep, np.bool_), out, valid,
     )  # fmt: skip
     return out, valid
 
 
+def _frozen(a: np.ndarray, dtype) -> np.ndarray:
+    """Contiguous read-only view: Arrow buffers are read-only and numba types read-only arrays
+    apart, so freezing every input keeps one compiled specialisation per kernel (no copy)."""
+    a = np.ascontiguousarray(a, dtype).view()
+    a.flags.writeable = False
+    return a
+
+
 def _i64(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, np.int64)
+    return _frozen(a, np.int64)
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, np.float32)
+    return _frozen(a, np.float32)
 
 
 def _i16(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, np.int16)
+    return _frozen(a, np.int16)
