@@ -86,14 +86,14 @@ def test_interrupted_build_leaves_nothing_that_looks_complete(tar, tmp_path):
             yield item
 
     source.batches = dies
-    import luab_data.sources.imagenet_ab as ia
+    import luab_data.sources.tar_stream as ia
 
-    old, ia.CHUNK_DOCS = ia.CHUNK_DOCS, 1
+    old, ia.TARGET_MEMBERS = ia.TARGET_MEMBERS, 1
     try:
         with pytest.raises(KeyboardInterrupt):
             build_parquet(source, tmp_path / "out", show_progress=False)
     finally:
-        ia.CHUNK_DOCS = old
+        ia.TARGET_MEMBERS = old
     assert list((tmp_path / "out").iterdir()) == []
 
 

@@ -101,13 +101,13 @@ def test_extracted_folder_reads_like_the_archive(imagenet_tar, tmp_path):
 
 def test_chunking_and_threads_do_not_change_records(tmp_path, monkeypatch):
     """Many documents over several chunks and threads come out in source order, intact."""
-    from luab_data.sources import imagenet_ab
+    from luab_data.sources import tar_stream
 
     members = [m for m in imagenet_members() if m[0].endswith(".xml")]
     many = [(n.replace(".xml", f"{i}.xml"), t.replace("_", "_", 1)) for i in range(60)
             for n, t in members]  # fmt: skip
     tar = write_tar(tmp_path / "many.tar", many)
-    monkeypatch.setattr(imagenet_ab, "CHUNK_DOCS", 7)
+    monkeypatch.setattr(tar_stream, "TARGET_MEMBERS", 7)
     table, rejects = read_records(tar, workers=2)
     assert rejects == [] and table.num_rows == len(many)
     expected_keys = [n.rsplit("/", 1)[1][:-4] for n, _ in many]

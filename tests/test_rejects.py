@@ -106,7 +106,7 @@ def test_truncated_archive_says_where(tmp_path):
     tar = write_tar(tmp_path / "full.tar.gz", many)
     cut = tmp_path / "cut.tar.gz"
     cut.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
-    with pytest.raises(SourceError, match=r"truncated or corrupt after \d+ XML members"):
+    with pytest.raises(SourceError, match=r"truncated or corrupt archive after \d+ members"):
         read_records(cut, classes=["n01440764"])
     with pytest.raises(SourceError, match="truncated"):
         read_records(cut)  # the class-listing pass meets it first

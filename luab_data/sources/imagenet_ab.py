@@ -8,8 +8,8 @@ listing pass first, so that every shard numbers classes alike.
 
 from __future__ import annotations
 
+import itertools
 import os
-import tarfile
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,69 +20,53 @@ import numpy as np
 import pyarrow as pa
 
 from luab_data.records import IMAGENET_AB, Reject, record_schema
+from luab_data.sources import tar_stream, xml_scan
 from luab_data.sources import validation as v
-from luab_data.sources import xml_scan
 from luab_data.sources.errors import SourceError
 from luab_data.sources.progress import Progress
 from luab_data.sources.sharding import in_shard
+from luab_data.sources.tar_stream import MemberBlock
 
 CHUNK_DOCS = 2048
 
 
 @dataclass
-class Member:
-    """One XML file of the release, with where it came from."""
+class _Chunk:
+    """Members of one block that passed the pre-checks, as offset ranges into its buffer."""
 
-    where: str  # archive member or file path, for messages
-    wnid: str
-    stem: str
-    data: bytes
-    seq: int = 0  # position in the source, to report rejects in source order
+    buf: bytes
+    starts: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    where: list[str] = field(default_factory=list)  # archive member or file path
+    wnid: list[str] = field(default_factory=list)
+    stem: list[str] = field(default_factory=list)
+    seq: list[int] = field(default_factory=list)  # position in the source, to order rejects
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:
     """'train_xml/<wnid>/<stem>.xml' -> (wnid, stem); None for anything else in the archive."""
-    parts = name.replace("\\", "/").split("/")
+    parts = name.replace("\\", "/").rsplit("/", 2)
     if len(parts) < 2 or not parts[-1].endswith(".xml"):
         return None
     return parts[-2], parts[-1][: -len(".xml")]
-
-
-def _iter_tar(path: Path, progress: Progress, read_data: bool = True) -> Iterator[Member]:
-    count, last = 0, "the first member"
-    with open(path, "rb") as raw:
-        try:
-            with tarfile.open(fileobj=raw, mode="r|*") as tar:
-                for info in tar:
-                    last = info.name
-                    parsed = split_member_name(info.name) if info.isfile() else None
-                    if parsed is None:
-                        continue
-                    data = tar.extractfile(info).read() if read_data else b""
-                    progress.done = raw.tell()
-                    count += 1
-                    yield Member(info.name, parsed[0], parsed[1], data)
-        except (tarfile.TarError, EOFError, OSError, ValueError) as err:
-            raise SourceError(
-                f"{path}: the archive is truncated or corrupt after {count} XML members "
-                f"(last read: {last}): {err}"
-            ) from err
-    progress.done = progress.total
 
 
 def _xml_root(path: Path) -> Path:
     return path / "train_xml" if (path / "train_xml").is_dir() else path
 
 
-def _iter_folder(path: Path, progress: Progress, read_data: bool = True) -> Iterator[Member]:
+def _folder_blocks(path: Path, progress: Progress, keep_data: bool = True) -> Iterator[MemberBlock]:
+    """The extracted folder, file by file in sorted order, grouped like archive blocks."""
     root = _xml_root(path)
-    for wnid in sorted(e.name for e in os.scandir(root) if e.is_dir()):
-        for name in sorted(os.listdir(root / wnid)):
-            if name.endswith(".xml"):
-                file = root / wnid / name
-                data = file.read_bytes() if read_data else b""
-                progress.done += 1
-                yield Member(str(file), wnid, name[: -len(".xml")], data)
+    files = (root / wnid / name
+             for wnid in sorted(e.name for e in os.scandir(root) if e.is_dir())
+             for name in sorted(os.listdir(root / wnid)) if name.endswith(".xml"))  # fmt: skip
+    while batch := list(itertools.islice(files, CHUNK_DOCS)):
+        datas = [f.read_bytes() if keep_data else b"" for f in batch]
+        ends = np.cumsum([len(d) for d in datas], dtype=np.int64)
+        progress.done += len(batch)
+        yield MemberBlock(b"".join(datas), [str(f) for f in batch], ends - [len(d) for d in datas],
+                          ends)  # fmt: skip
 
 
 @dataclass
@@ -107,10 +91,10 @@ class ImageNetABSource:
         if self.with_jpeg and self.images is None:
             raise SourceError("JPEG bytes were asked for but no --images folder was given")
 
-    def _members(self, read_data: bool = True) -> Iterator[Member]:
+    def _blocks(self, progress: Progress, keep_data: bool = True) -> Iterator[MemberBlock]:
         if self.is_folder:
-            return _iter_folder(self.path, self.progress, read_data)
-        return _iter_tar(self.path, self.progress, read_data)
+            return _folder_blocks(self.path, progress, keep_data)
+        return tar_stream.threaded(tar_stream.iter_blocks(self.path, progress, keep_data))
 
     def class_list(self) -> list[str]:
         """The class list labels index: given, or the sorted wnids of the whole source."""
@@ -118,77 +102,82 @@ class ImageNetABSource:
             if self.is_folder:
                 root = _xml_root(self.path)
                 self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-            else:
-                self.classes = sorted({m.wnid for m in _iter_tar(self.path, Progress(0), False)})
+            else:  # a listing pass over the archive: every shard must number classes alike
+                names = (n for b in self._blocks(Progress(0), False) for n in b.names)
+                self.classes = sorted({p[0] for n in names if (p := split_member_name(n))})
         return self.classes
 
     def metadata(self) -> dict:
         return {"source_kind": self.kind, "classes": self.class_list()}
 
     def batches(self, shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[pa.RecordBatch, list]]:
-        """(record batch, rejects) per chunk, in source order."""
+        """(record batch, rejects) per block of members, in source order."""
         index = {w: i for i, w in enumerate(self.class_list())}
         seen: set[str] = set()
-        chunk: list[Member] = []
-        rejects: list[Reject] = []
+        seq = itertools.count()
         pending: deque = deque()
         with ThreadPoolExecutor(max(1, self.workers)) as pool:
-            for seq, member in enumerate(self._members()):
-                if not in_shard(member.stem, shard):
-                    continue
-                member.seq = seq
-                bad = self._precheck(member, index, seen)
-                if bad is not None:
-                    rejects.append((seq, bad))
-                    continue
-                chunk.append(member)
-                if len(chunk) >= CHUNK_DOCS:
-                    pending.append(pool.submit(self._assemble, chunk, index, rejects))
-                    chunk, rejects = [], []
-                    while len(pending) > self.workers:  # bounded read-ahead
-                        yield pending.popleft().result()
-            if chunk or rejects:
+            for block in self._blocks(self.progress):
+                chunk, rejects = self._precheck(block, shard, index, seen, seq)
                 pending.append(pool.submit(self._assemble, chunk, index, rejects))
+                while len(pending) > self.workers:  # bounded read-ahead
+                    yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
 
-    def _precheck(self, m: Member, index: dict, seen: set) -> Reject | None:
+    def _precheck(self, block: MemberBlock, shard, index: dict, seen: set, seq) -> tuple:
         """Checks that need no parsing: duplicate key, unknown class, missing image."""
-        if m.stem in seen:
-            return Reject(m.stem, v.DUPLICATE_KEY, "the same image stem occurs twice", m.where)
-        seen.add(m.stem)
-        if m.wnid not in index:
-            detail = f"wnid {m.wnid} is not in the class list"
-            return Reject(m.stem, v.UNKNOWN_CLASS, detail, m.where)
-        if self.images is not None:
-            image = self.images / _image_path(m)
-            if not image.is_file():
-                return Reject(m.stem, v.MISSING_IMAGE, f"{image} does not exist", m.where)
-        return None
+        chunk, rejects = _Chunk(block.buf), []
+        for name, start, end in zip(block.names, block.starts, block.ends, strict=True):
+            parsed = split_member_name(name)
+            n = next(seq)
+            if parsed is None or not in_shard(parsed[1], shard):
+                continue
+            wnid, stem = parsed
+            bad = None
+            if stem in seen:
+                bad = Reject(stem, v.DUPLICATE_KEY, "the same image stem occurs twice", name)
+            elif wnid not in index:
+                detail = f"wnid {wnid} is not in the class list"
+                bad = Reject(stem, v.UNKNOWN_CLASS, detail, name)
+            elif self.images is not None:
+                image = self.images / _image_path(wnid, stem)
+                if not image.is_file():
+                    bad = Reject(stem, v.MISSING_IMAGE, f"{image} does not exist", name)
+            seen.add(stem)
+            if bad is not None:
+                rejects.append((n, bad))
+                continue
+            for column, value in zip((chunk.starts, chunk.ends, chunk.where, chunk.wnid,
+                                      chunk.stem, chunk.seq), (start, end, name, wnid, stem, n),
+                                     strict=True):  # fmt: skip
+                column.append(value)
+        return chunk, rejects
 
-    def _assemble(self, chunk: list[Member], index: dict, rejects: list) -> tuple:
-        raw = b"".join(m.data for m in chunk)
-        starts = np.zeros(len(chunk) + 1, np.int64)
-        np.cumsum([len(m.data) for m in chunk], out=starts[1:])
-        scan = xml_scan.scan_chunk(np.frombuffer(raw, np.uint8), starts)
+    def _assemble(self, chunk: _Chunk, index: dict, rejects: list) -> tuple:
+        starts = np.array(chunk.starts, np.int64)
+        ends = np.array(chunk.ends, np.int64)
+        scan = xml_scan.scan_chunk(np.frombuffer(chunk.buf, np.uint8), starts, ends)
         for d in np.flatnonzero(scan.doc_err):
             reason, what = xml_scan.ERRORS[scan.doc_err[d]]
             at = int(scan.doc_errpos[d])
-            snippet = chunk[d].data[at : at + 90].decode("utf-8", "replace")
-            detail = f"{what} at byte {at}: {snippet!r}"
-            rejects.append((chunk[d].seq, Reject(chunk[d].stem, reason, detail, chunk[d].where)))
-        keep = scan.doc_err == 0
-        kept = [m for m, k in zip(chunk, keep, strict=True) if k]
-        labels = np.array([index[m.wnid] for m in kept], np.int32)
+            text = chunk.buf[starts[d] + at : min(starts[d] + at + 90, ends[d])]
+            detail = f"{what} at byte {at}: {text.decode('utf-8', 'replace')!r}"
+            rejects.append((chunk.seq[d], Reject(chunk.stem[d], reason, detail, chunk.where[d])))
+        keep = np.flatnonzero(scan.doc_err == 0)
+        wnids = [chunk.wnid[i] for i in keep]
+        stems = [chunk.stem[i] for i in keep]
+        labels = np.array([index[w] for w in wnids], np.int32)
         jpegs = None
         if self.with_jpeg:
-            jpegs = [(self.images / _image_path(m)).read_bytes() for m in kept]
-        batch = _columns(scan, raw, kept, labels, index, jpegs)
+            paths = [self.images / _image_path(w, s) for w, s in zip(wnids, stems, strict=True)]
+            jpegs = [p.read_bytes() for p in paths]
+        batch = _columns(scan, chunk.buf, wnids, stems, labels, index, jpegs)
         return batch, [r for _, r in sorted(rejects, key=lambda sr: sr[0])]
 
 
-def _image_path(m: Member) -> str:
-    return f"train/{m.wnid}/{m.stem}.JPEG"
+def _image_path(wnid: str, stem: str) -> str:
+    return f"train/{wnid}/{stem}.JPEG"
 
 
 def _list(offsets: np.ndarray, values, type_: pa.DataType, mask=None) -> pa.ListArray:
@@ -202,13 +191,14 @@ def _offsets(ends: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], ends]).astype(np.int32)
 
 
-def _columns(scan, raw: bytes, kept: list[Member], labels, index: dict, jpegs) -> pa.RecordBatch:
+def _columns(scan, raw: bytes, wnids: list[str], stems: list[str], labels, index: dict,
+             jpegs) -> pa.RecordBatch:  # fmt: skip
     keep = scan.doc_err == 0
     ann_off = _offsets(scan.doc_ann_end[keep])
     smp_off = _offsets(scan.doc_smp_end[keep])
     clk_off = _offsets(scan.doc_clk_end[keep])
     obj_off = _offsets(scan.doc_obj_end[keep])
-    n = len(kept)
+    n = len(stems)
     ann_doc = np.repeat(np.arange(n), np.diff(ann_off))
     first_ann = ann_off[:-1]
     width = scan.ann_int[first_ann, 4] if n else np.zeros(0, np.int64)
@@ -229,10 +219,10 @@ def _columns(scan, raw: bytes, kept: list[Member], labels, index: dict, jpegs) -
     names = [raw[s:e].decode("utf-8", "replace") for s, e in scan.obj_name]
     f32 = pa.float32()
     cols = {
-        "key": pa.array([m.stem for m in kept], pa.string()),
+        "key": pa.array(stems, pa.string()),
         "source": pa.array([IMAGENET_AB] * n, pa.string()),
-        "image": pa.array([_image_path(m) for m in kept], pa.string()),
-        "wnid": pa.array([m.wnid for m in kept], pa.string()),
+        "image": pa.array(list(map(_image_path, wnids, stems)), pa.string()),
+        "wnid": pa.array(wnids, pa.string()),
         "label": pa.array(labels, pa.int32()),
         "labels": _list(np.arange(n + 1), labels, pa.int32()),
         "width": pa.array(width, pa.int32()),

@@ -229,21 +229,21 @@ class ScanResult:
         ) = arrays  # fmt: skip
 
 
-def scan_chunk(buf: np.ndarray, starts: np.ndarray) -> ScanResult:
-    """Scan documents buf[starts[i]:starts[i+1]]; see the module docstring."""
-    n_bytes = max(int(starts[-1] - starts[0]), 1)
-    n_docs = len(starts) - 1
+def scan_chunk(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> ScanResult:
+    """Scan documents buf[starts[i]:ends[i]]; see the module docstring."""
+    n_bytes = max(int((ends - starts).sum()), 1)
+    n_docs = len(starts)
     # Upper bounds from the smallest possible element of each kind.
     cap_ann = n_bytes // 20 + 1
     cap_smp = n_bytes // 55 + 1
     cap_obj = n_bytes // 17 + 1
     return ScanResult(
-        _scan(buf, starts, n_docs, cap_ann, cap_smp, cap_obj, TAG_HASHES, TAG_IDS)
+        _scan(buf, starts, ends, n_docs, cap_ann, cap_smp, cap_obj, TAG_HASHES, TAG_IDS)
     )
 
 
 @numba.njit(cache=True, nogil=True)
-def _scan(buf, starts, n_docs, cap_ann, cap_smp, cap_obj, hashes, ids):
+def _scan(buf, starts, ends, n_docs, cap_ann, cap_smp, cap_obj, hashes, ids):
     doc_err = np.zeros(n_docs, np.int32)
     doc_errpos = np.zeros(n_docs, np.int64)
     doc_ann_end = np.zeros(n_docs, np.int64)
@@ -277,7 +277,7 @@ def _scan(buf, starts, n_docs, cap_ann, cap_smp, cap_obj, hashes, ids):
     for d in range(n_docs):
         saved = state.copy()
         err, pos = _scan_doc(
-            buf, starts[d], starts[d + 1], hashes, ids, stacks, state, doc_size[d], ann_str,
+            buf, starts[d], ends[d], hashes, ids, stacks, state, doc_size[d], ann_str,
             ann_int, ann_sel, smp_ann, smp_t, smp_x, smp_y, smp_pos, clk_ann, clk_t, clk_x, clk_y,
             clk_pos, obj_name, obj_box,
         )  # fmt: skip
