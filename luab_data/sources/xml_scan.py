@@ -58,6 +58,7 @@ ERRORS = (
 ) = range(len(ERRORS))  # fmt: skip
 
 _MAX_DEPTH = 32
+_LONGEST_TAG = max(len(t) for t in TAGS)
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 
@@ -95,6 +96,18 @@ def _hash(buf, s, e):
     for i in range(s, e):
         h = (h ^ np.uint64(buf[i])) * _FNV_PRIME
     return h
+
+
+@numba.njit(cache=True, nogil=True)
+def _same_name(buf, packed, s, e):
+    """Does buf[s:e] equal the open tag's name (packed as start << 16 | length)?"""
+    start, length = packed >> 16, packed & 0xFFFF
+    if e - s != length:
+        return False
+    for k in range(length):
+        if buf[s + k] != buf[start + k]:
+            return False
+    return True
 
 
 @numba.njit(cache=True, nogil=True)
@@ -269,7 +282,7 @@ def _scan(buf, starts, ends, n_docs, cap_ann, cap_smp, cap_obj, hashes, ids):
     obj_box = np.empty((cap_obj, 4), np.float64)
     state = np.zeros(4, np.int64)  # cursors: annotations, samples, clicks, objects
     stacks = (
-        np.zeros(_MAX_DEPTH, np.uint64),  # hash of each open tag
+        np.zeros(_MAX_DEPTH, np.int64),  # start << 16 | length of each open tag's name
         np.zeros(_MAX_DEPTH, np.int32),  # its id in TAGS (0: ignored)
         np.zeros(_MAX_DEPTH, np.bool_),  # whether it has child elements
         np.zeros(_MAX_DEPTH, np.int64),  # where its text starts
@@ -321,9 +334,13 @@ def _scan_doc(
     item_at = 0
     i = start
     while True:
-        while i < end and buf[i] != 60:  # '<'
-            if root_done and not _is_space(buf[i]):
+        if root_done:  # only whitespace may follow the root element
+            while i < end and _is_space(buf[i]):
+                i += 1
+            if i < end:
                 return E_TRAILING, i - start
+            break
+        while i < end and buf[i] != 60:  # '<'
             i += 1
         if i >= end:
             break
@@ -343,7 +360,7 @@ def _scan_doc(
                 gt += 1
             if gt >= end:
                 return E_EOF, i - start
-            if depth == 0 or stack_h[depth - 1] != _hash(buf, ns, ne):
+            if depth == 0 or not _same_name(buf, stack_h[depth - 1], ns, ne):
                 return E_MISMATCH, i - start
             depth -= 1
             tag = stack_id[depth]
@@ -414,7 +431,7 @@ def _scan_doc(
             return E_EOF, i - start
         if depth >= _MAX_DEPTH:
             return E_DEPTH, i - start
-        tag = _tag_id(_hash(buf, ns, ne), hashes, ids)
+        tag = _tag_id(_hash(buf, ns, ne), hashes, ids) if ne - ns <= _LONGEST_TAG else 0
         if depth > 0:
             had_child[depth - 1] = True
         if tag == T_META and depth == 1:
@@ -432,7 +449,7 @@ def _scan_doc(
             state[3] += 1
         self_closing = buf[gt - 1] == 47
         if not self_closing:
-            stack_h[depth] = _hash(buf, ns, ne)
+            stack_h[depth] = ns << 16 | (ne - ns)  # where the name is, to match the close
             stack_id[depth] = tag
             had_child[depth] = False
             text_at[depth] = gt + 1
