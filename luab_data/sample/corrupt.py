@@ -115,10 +115,12 @@ def spoil_coco_record(rec: dict, reason: str) -> tuple[dict, str]:
     if reason == BAD_COORDINATES and adds:
         adds[0]["pointTo"]["x"] = ABSURD
         return rec, reason
-    if reason == BAD_TIMES and len(rec["mouseTracking"]) >= 3:
-        trace = rec["mouseTracking"]
-        trace[1]["timeAt"], trace[2]["timeAt"] = trace[2]["timeAt"], trace[1]["timeAt"]
-        return rec, reason
+    if reason == BAD_TIMES:
+        trace, actions = rec["mouseTracking"], rec["actionHistories"]
+        series = trace if len(trace) >= 3 else actions if len(actions) >= 3 else None
+        if series is not None:  # (COCO-AB traces are often empty: then the icon actions)
+            series[1]["timeAt"], series[2]["timeAt"] = series[2]["timeAt"], series[1]["timeAt"]
+            return rec, reason
     if reason == ZERO_SIZE:
         rec["originalImageWidth"] = rec["originalImageHeight"] = 0
         return rec, reason

@@ -39,6 +39,8 @@ class Items:
     labels: np.ndarray  # (n,) uint8
     boxes: np.ndarray  # (n, 4) float32 x0, y0, x1, y1 in grid units (x1, y1 exclusive)
     by_class: tuple[np.ndarray, ...]  # item indices of each class
+    by_class_table: np.ndarray  # (10, max class size) the same, padded, for vectorised picks
+    class_sizes: np.ndarray  # (10,)
 
 
 def _tight_boxes(images: np.ndarray) -> np.ndarray:
@@ -62,4 +64,8 @@ def load_items(part: str = "train") -> Items:
     keep = (images > _INK).sum(axis=(1, 2)) >= 20  # drop (rare) near-empty items
     images, labels = images[keep], labels[keep]
     by_class = tuple(np.flatnonzero(labels == c) for c in range(10))
-    return Items(images, labels, _tight_boxes(images), by_class)
+    sizes = np.array([len(b) for b in by_class])
+    table = np.zeros((10, sizes.max()), np.int64)
+    for c, b in enumerate(by_class):
+        table[c, : len(b)] = b
+    return Items(images, labels, _tight_boxes(images), by_class, table, sizes)

@@ -24,12 +24,8 @@ from luab_data.sample.annotators import AnnotatorConfig, Workers, make_workers
 from luab_data.sample.backgrounds import FAMILY_NAMES
 from luab_data.sample.classes import CLASSES, COCO_TABS, WNIDS
 from luab_data.sample.fashion import load_items
-from luab_data.sample.official_format import (
-    JsonListWriter,
-    TarGzWriter,
-    imagenet_ab_xml,
-    member_name,
-)
+from luab_data.sample.official_format import JsonListWriter, imagenet_ab_xml, member_name
+from luab_data.sample.targz import Piece, TarGzWriter, make_piece, parent_dirs
 
 IMAGENET_AB, COCO_AB = "imagenet-ab", "coco-ab"
 KINDS = (IMAGENET_AB, COCO_AB)
@@ -107,11 +103,18 @@ class SplitPlan:
     image_ids: np.ndarray  # COCO image ids (zeros for ImageNet)
 
     def jobs(self, spec: SampleSpec, out: Path, spoil: dict[int, str]) -> Iterator[ChunkJob]:
+        known: set[str] = set()
         for k, lo in enumerate(range(0, len(self.cls), CHUNK)):
             hi = min(lo + CHUNK, len(self.cls))
             mine = {i - lo: r for i, r in spoil.items() if lo <= i < hi}
             yield ChunkJob(spec, str(out), self.name, k, lo, self.cls[lo:hi],
-                           self.family[lo:hi], self.stems[lo:hi], self.image_ids[lo:hi], mine)
+                           self.family[lo:hi], self.stems[lo:hi], self.image_ids[lo:hi], mine,
+                           frozenset(known))
+            if spec.kind == IMAGENET_AB and self.name == "train":
+                for r, c in enumerate(self.cls[lo:hi]):  # the folders this chunk's members open
+                    spoilt = mine.get(r) == corrupt.UNKNOWN_CLASS
+                    known.update(parent_dirs(member_name(
+                        corrupt.UNKNOWN_WNID if spoilt else WNIDS[c], "x")))
 
 
 def _coco_ids(spec: SampleSpec) -> dict[str, np.ndarray]:
@@ -162,17 +165,19 @@ class ChunkJob:
     stems: list[str]
     image_ids: np.ndarray
     spoil: dict[int, str]  # record index within the chunk -> planted reason (training only)
+    known_dirs: frozenset[str] = frozenset()  # archive folders that earlier chunks created
 
 
 @dataclass
 class ChunkResult:
-    members: list[tuple[str, bytes]] = field(default_factory=list)  # ImageNet-AB XML files
+    piece: Piece | None = None  # ImageNet-AB: the chunk's XML members, framed and deflated
     elements: list[str] = field(default_factory=list)  # COCO-AB JSON elements
     planted: list[dict] = field(default_factory=list)  # key/reason/where, where as a local ref
     labels: list[list] = field(default_factory=list)
     coco_images: list[str] = field(default_factory=list)  # instances.json entries (JSON text)
     coco_objects: list[str] = field(default_factory=list)
     n_images: int = 0
+    n_members: int = 0
 
 
 def _scenes(job: ChunkJob) -> tuple[scenes.Scenes, object]:
@@ -226,7 +231,7 @@ def _imagenet_train(job: ChunkJob, sc: scenes.Scenes, res: ChunkResult) -> set[i
     recs = imagenet_ab.annotate_chunk(
         sc, wnids, job.stems, worker_pool(job.spec), job.spec.annotators,
         job.spec.rng(_SPLIT_CODE[job.split], _ANNOTATE, job.k), job.spec.box_rate)
-    no_image = set()
+    no_image, members = set(), []
     for r, rec in enumerate(recs):
         reason = job.spoil.get(r)
         if reason in (corrupt.MALFORMED_XML, corrupt.MISSING_IMAGE, corrupt.DUPLICATE_KEY, None):
@@ -237,13 +242,15 @@ def _imagenet_train(job: ChunkJob, sc: scenes.Scenes, res: ChunkResult) -> set[i
         name = member_name(rec.wnid, rec.stem)
         if reason == corrupt.MALFORMED_XML:
             data = corrupt.break_xml(data)
-        res.members.append((name, data))
+        members.append((name, data))
         if reason == corrupt.DUPLICATE_KEY:
-            res.members.append((name, data))
+            members.append((name, data))
         if reason in (corrupt.MISSING_IMAGE, corrupt.UNKNOWN_CLASS):
             no_image.add(r)
         if reason is not None:
             res.planted.append({"key": rec.stem, "reason": reason, "where": name})
+    res.piece = make_piece(members, set(job.known_dirs), job.spec.compresslevel)
+    res.n_members = len(members)
     return no_image
 
 
@@ -367,9 +374,9 @@ class _Outputs:
         self.counts["images"] += res.n_images
         if job.split == "train":
             self.counts["records"] += len(res.labels)
-        for name, data in res.members:
-            self.tar.add(name, data)
-        self.counts["members"] += len(res.members)
+        if res.piece is not None:
+            self.tar.add_piece(res.piece)
+        self.counts["members"] += res.n_members
         base = self.elements
         for text_ in res.elements:
             self.json.add_raw(text_)

@@ -116,7 +116,7 @@ def _gesture_plan(anns: _Anns, box: np.ndarray, workers: Workers, rng) -> Gestur
     dwell = np.where(clicked, workers.dwell_ms[w] * rng.lognormal(0, 0.4, g), 0.0)
     return GesturePlan(
         start=edge_points(rng, g), via=via, target=target,
-        wander_ms=rng.uniform(100, 700, g) * speed, approach_ms=approach, dwell_ms=dwell,
+        wander_ms=rng.uniform(200, 1200, g) * speed, approach_ms=approach, dwell_ms=dwell,
         worker=w,
     )
 

@@ -104,15 +104,19 @@ def _overlap(box: np.ndarray, others: list[np.ndarray]) -> float:
     return worst
 
 
-def _place(item_box: np.ndarray, side: int, w: int, h: int, rng, taken: list[np.ndarray]):
-    """Top-left and object box for one item; a few tries to keep objects apart."""
+def _boxes(item_box: np.ndarray, side: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    scale = (side / ITEM_SIZE)[:, None]
+    return np.concatenate([xy + item_box[:, :2] * scale, xy + item_box[:, 2:] * scale], axis=1)
+
+
+def _separate(j: int, first: int, side: int, w: int, h: int, item_box: np.ndarray,
+              xy: np.ndarray, box: np.ndarray, rng: np.random.Generator) -> None:
+    """A few more tries to keep object j off the objects placed before it in its scene."""
     for _ in range(12):
-        xy = np.array([rng.integers(0, w - side + 1), rng.integers(0, h - side + 1)])
-        box = np.concatenate([xy + item_box[:2] * side / ITEM_SIZE,
-                              xy + item_box[2:] * side / ITEM_SIZE])
-        if _overlap(box, taken) < 0.25:
-            break
-    return xy, box
+        if _overlap(box[j], list(box[first:j])) < 0.25:
+            return
+        xy[j] = rng.integers(0, w - side + 1), rng.integers(0, h - side + 1)
+        box[j] = _boxes(item_box[None], np.array([side]), xy[j][None])[0]
 
 
 def layout(
@@ -124,22 +128,26 @@ def layout(
     width, height = _image_sizes(n, style, rng)
     n_obj = rng.integers(style.min_objects, style.max_objects + 1, n)
     offsets = np.concatenate([[0], np.cumsum(n_obj)]).astype(np.int64)
-    obj_cls = rng.integers(0, N_CLASSES, offsets[-1]).astype(np.int16)
+    m = int(offsets[-1])
+    obj_cls = rng.integers(0, N_CLASSES, m).astype(np.int16)
     obj_cls[offsets[:-1]] = cls
-    obj_item = np.array([rng.choice(items.by_class[c]) for c in obj_cls], np.int64)
-    scale = rng.uniform(*style.other_scale, offsets[-1])
+    pick = (rng.random(m) * items.class_sizes[obj_cls]).astype(np.int64)
+    obj_item = items.by_class_table[obj_cls, pick]
+    scale = rng.uniform(*style.other_scale, m)
     scale[offsets[:-1]] = rng.uniform(*style.primary_scale, n)
-    short = np.minimum(width, height)[np.repeat(np.arange(n), n_obj)]
+    scene = np.repeat(np.arange(n), n_obj)
+    short = np.minimum(width, height)[scene]
     side = np.maximum(np.round(scale * short), 8).astype(np.int32)
-    xy = np.zeros((offsets[-1], 2), np.int32)
-    box = np.zeros((offsets[-1], 4), np.float64)
-    for i in range(n):
-        taken: list[np.ndarray] = []
-        for j in range(offsets[i], offsets[i + 1]):
-            xy[j], box[j] = _place(items.boxes[obj_item[j]], side[j], width[i], height[i],
-                                   rng, taken)
-            taken.append(box[j])
-    return Scenes(cls, family, width, height, offsets, obj_cls, obj_item, side, xy, box)
+    room = np.stack([width[scene] - side + 1, height[scene] - side + 1], axis=1)
+    xy = (rng.random((m, 2)) * room).astype(np.int64)
+    item_box = items.boxes[obj_item]
+    box = _boxes(item_box, side, xy)
+    for j in np.flatnonzero(np.arange(m) != offsets[scene]):  # objects after a scene's first
+        i = scene[j]
+        _separate(j, int(offsets[i]), int(side[j]), int(width[i]), int(height[i]),
+                  item_box[j], xy, box, rng)
+    return Scenes(cls, family, width, height, offsets, obj_cls, obj_item, side,
+                  xy.astype(np.int32), box)
 
 
 def _tint(rng: np.random.Generator) -> np.ndarray:
