@@ -193,15 +193,19 @@ def aim_inside(box: np.ndarray, spread: np.ndarray, rng: np.random.Generator) ->
     return centre + offset * half
 
 
-def aim_outside(box: np.ndarray, rng: np.random.Generator, margin: float = 0.02) -> np.ndarray:
-    """Targets off the object: uniform in the free band left, right, above or below the box."""
+def aim_outside(box: np.ndarray, rng: np.random.Generator, margin: float = 0.02,
+                reach: float = 0.15) -> np.ndarray:
+    """Targets off the object but near it: in the band left, right, above or below the box,
+    at most `reach` beyond its edge (a sloppy click, not a click somewhere else)."""
     n = len(box)
     room = np.stack([box[:, 0], 1 - box[:, 2], box[:, 1], 1 - box[:, 3]], axis=1) - 2 * margin
-    room = np.maximum(room, 1e-6)
+    room = np.clip(room, 1e-6, reach)
     cum = np.cumsum(room / room.sum(axis=1, keepdims=True), axis=1)
     pick = np.minimum((rng.random(n)[:, None] > cum).sum(axis=1), 3)
     v = margin + rng.random(n) * room[np.arange(n), pick]  # depth into the chosen band
-    free = rng.uniform(0.03, 0.97, n)  # position along the band
-    x = np.select([pick == 0, pick == 1], [v, box[:, 2] + v], free)
-    y = np.select([pick == 2, pick == 3], [v, box[:, 3] + v], free)
+    u = rng.random(n)  # position along the band, beside the object
+    along_x = box[:, 0] + u * (box[:, 2] - box[:, 0])
+    along_y = box[:, 1] + u * (box[:, 3] - box[:, 1])
+    x = np.select([pick == 0, pick == 1], [box[:, 0] - v, box[:, 2] + v], along_x)
+    y = np.select([pick == 2, pick == 3], [box[:, 1] - v, box[:, 3] + v], along_y)
     return np.stack([x, y], axis=1)

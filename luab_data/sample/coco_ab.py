@@ -47,7 +47,7 @@ def displayed_size(width: int, height: int) -> tuple[int, int]:
 
 def _point(box: np.ndarray, spread: float, off: bool, rng) -> tuple[float, float]:
     b = box[None, :]
-    p = aim_outside(b, rng) if off else aim_inside(b, np.array([spread]), rng)
+    p = aim_outside(b, rng, reach=0.08) if off else aim_inside(b, np.array([spread]), rng)
     return float(p[0, 0]), float(p[0, 1])
 
 

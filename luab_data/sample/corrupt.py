@@ -60,8 +60,9 @@ def _first_with(blocks: list, field: str, minimum: int) -> Repeated | None:
     return None
 
 
-def spoil_xml_record(rec: XmlRecord, reason: str) -> tuple[XmlRecord, str]:
-    """A spoilt copy of a record (XML-level reasons), and the reason it really carries."""
+def spoil_xml_record(rec: XmlRecord, reason: str, serial: int) -> tuple[XmlRecord, str]:
+    """A spoilt copy of a record (XML-level reasons), and the reason it really carries;
+    `serial` (unique per record) names a record moved to the unknown class."""
     rec = copy.deepcopy(rec)
     blocks = rec.metadata
     if reason == BAD_COORDINATES:
@@ -70,10 +71,10 @@ def spoil_xml_record(rec: XmlRecord, reason: str) -> tuple[XmlRecord, str]:
             rep.columns["x"] = ["nan"] + list(rep.columns["x"])[1:]
             return rec, reason
     elif reason == BAD_TIMES:
-        rep = _first_with(blocks, "mouseTracking", 3)
+        rep = _first_with(blocks, "mouseTracking", 2)
         if rep is not None:
             t = list(rep.columns["time"])
-            t[1], t[2] = t[2], t[1]
+            t[0], t[1] = t[1], t[0]
             rep.columns["time"] = t
             return rec, reason
     elif reason == ZERO_SIZE:
@@ -83,8 +84,7 @@ def spoil_xml_record(rec: XmlRecord, reason: str) -> tuple[XmlRecord, str]:
             rec.box_part["size"]["width"] = 0
         return rec, reason
     elif reason == UNKNOWN_CLASS:
-        n = rec.stem.rsplit("_", 1)[-1]
-        rec.wnid, rec.stem = UNKNOWN_WNID, f"{UNKNOWN_WNID}_{n}"
+        rec.wnid, rec.stem = UNKNOWN_WNID, f"{UNKNOWN_WNID}_{serial}"
         for b in blocks:
             b["imageID"] = f"{rec.wnid}/{rec.stem}"
         if rec.box_part is not None:
@@ -117,9 +117,9 @@ def spoil_coco_record(rec: dict, reason: str) -> tuple[dict, str]:
         return rec, reason
     if reason == BAD_TIMES:
         trace, actions = rec["mouseTracking"], rec["actionHistories"]
-        series = trace if len(trace) >= 3 else actions if len(actions) >= 3 else None
+        series = trace if len(trace) >= 2 else actions if len(actions) >= 2 else None
         if series is not None:  # (COCO-AB traces are often empty: then the icon actions)
-            series[1]["timeAt"], series[2]["timeAt"] = series[2]["timeAt"], series[1]["timeAt"]
+            series[0]["timeAt"], series[1]["timeAt"] = series[1]["timeAt"], series[0]["timeAt"]
             return rec, reason
     if reason == ZERO_SIZE:
         rec["originalImageWidth"] = rec["originalImageHeight"] = 0

@@ -237,7 +237,7 @@ def _imagenet_train(job: ChunkJob, sc: scenes.Scenes, res: ChunkResult) -> set[i
         if reason in (corrupt.MALFORMED_XML, corrupt.MISSING_IMAGE, corrupt.DUPLICATE_KEY, None):
             data = imagenet_ab_xml(rec.wnid, rec.stem, rec.metadata, rec.box_part)
         else:
-            rec, reason = corrupt.spoil_xml_record(rec, reason)
+            rec, reason = corrupt.spoil_xml_record(rec, reason, job.lo + r + 1)
             data = imagenet_ab_xml(rec.wnid, rec.stem, rec.metadata, rec.box_part)
         name = member_name(rec.wnid, rec.stem)
         if reason == corrupt.MALFORMED_XML:

@@ -2,7 +2,8 @@
 
 The shortcut lives here. In the training split (and the in-distribution test split, which
 follows the same law) each class comes with its own background family with probability rho:
-exactly round(rho * n_c) of the n_c images of class c get family c, the rest a family drawn
+round(rho * n) images in all get their class's family, spread as evenly as the class sizes allow
+(floor(rho * n_c) each, the remainder to random classes); the others get a family drawn
 uniformly from the other nine. The out-of-distribution split draws the family independently of
 the class. Layout (what is where) and rendering (pixels) use separate random streams, so the
 byproducts are the same with or without images.
@@ -69,18 +70,29 @@ def balanced_classes(n: int) -> np.ndarray:
     return np.repeat(np.arange(N_CLASSES), counts).astype(np.int16)
 
 
+def _matched_counts(sizes: np.ndarray, rho: float, rng: np.random.Generator) -> np.ndarray:
+    """How many images of each class get their own family: round(rho * n) in all, shared out
+    as evenly as the class sizes allow (floor(rho * n_c), the rest to random classes)."""
+    base = np.floor(rho * sizes).astype(np.int64)
+    extra = int(round(rho * sizes.sum())) - int(base.sum())
+    room = np.flatnonzero(base < sizes)
+    base[rng.permutation(room)[:extra]] += 1
+    return base
+
+
 def background_families(
     cls: np.ndarray, split: str, rho: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """The shortcut law: family == class for exactly round(rho * n_c) images of each class."""
+    """The shortcut law: family == class for round(rho * n) images, spread evenly over the
+    classes; the others get one of the nine other families, uniformly."""
     if split in OOD_SPLITS:
         return rng.integers(0, N_FAMILIES, len(cls)).astype(np.int16)
     other = rng.integers(1, N_FAMILIES, len(cls))  # an offset, never 0: some other family
     family = ((cls + other) % N_FAMILIES).astype(np.int16)
-    for c in range(N_CLASSES):
-        members = np.flatnonzero(cls == c)
-        chosen = rng.permutation(members)[: int(round(rho * len(members)))]
-        family[chosen] = c
+    members = [np.flatnonzero(cls == c) for c in range(N_CLASSES)]
+    counts = _matched_counts(np.array([len(m) for m in members]), rho, rng)
+    for m, k in zip(members, counts, strict=True):
+        family[rng.permutation(m)[:k]] = cls[m[0]] if len(m) else 0
     return family
 
 
