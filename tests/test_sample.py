@@ -266,3 +266,10 @@ def test_contact_sheet(imagenet, tmp_path):
     img = cv2.imread(str(png))
     assert img.shape == (300, 400, 3)
     assert img.std() > 20
+
+
+def test_refuses_to_overwrite_what_it_did_not_write(tmp_path):
+    (tmp_path / "train").mkdir()
+    with pytest.raises(FileExistsError):
+        generate_sample(tmp_path, SampleSpec(size=20, images=False))
+    assert (tmp_path / "train").is_dir()

@@ -35,6 +35,7 @@ With `--no-images` only the byproducts, train labels, classes.txt and sample.jso
 """
 
 from luab_data.sample.annotators import AnnotatorConfig
+from luab_data.sample.contact_sheet import contact_sheet
 from luab_data.sample.generate import (
     COCO_AB,
     IMAGENET_AB,
@@ -51,6 +52,7 @@ __all__ = [
     "KINDS",
     "SIZES",
     "AnnotatorConfig",
+    "contact_sheet",
     "SampleSpec",
     "generate_sample",
     "parse_size",

@@ -48,7 +48,17 @@ def _fit(img: np.ndarray, tile: int) -> tuple[np.ndarray, float, int, int]:
     return canvas, s, ox, oy
 
 
-def _draw_tile(rec: dict, label: dict, sample: Path, tile: int) -> np.ndarray:
+def _coco_boxes(sample: Path) -> dict[str, list[list[float]]]:
+    """COCO kind: every object's box (x, y, w, h px) per image id, from the instances file."""
+    path = sample / "annotations" / "instances_train2014.json"
+    boxes: dict[str, list[list[float]]] = {}
+    for a in json.loads(path.read_text())["annotations"]:
+        boxes.setdefault(str(a["image_id"]), []).append(a["bbox"])
+    return boxes
+
+
+def _draw_tile(rec: dict, label: dict, sample: Path, tile: int,
+               boxes: list[list[float]] | None = None) -> np.ndarray:
     img = cv2.imread(str(sample / label["image"]))
     w, h = int(label["width"]), int(label["height"])
     canvas, s, ox, oy = _fit(img, tile)
@@ -56,9 +66,12 @@ def _draw_tile(rec: dict, label: dict, sample: Path, tile: int) -> np.ndarray:
     def px(x: float, y: float) -> tuple[int, int]:  # normalised -> tile pixels
         return int(round(ox + x * w * s)), int(round(oy + y * h * s))
 
-    x0, y0, x1, y1 = (float(label[k]) / d for k, d in
-                      (("box_x0", w), ("box_y0", h), ("box_x1", w), ("box_y1", h)))
-    cv2.rectangle(canvas, px(x0, y0), px(x1, y1), (0, 200, 0), 1)
+    if boxes is None:  # the primary object's box from labels.csv
+        boxes = [[float(label["box_x0"]), float(label["box_y0"]),
+                  float(label["box_x1"]) - float(label["box_x0"]),
+                  float(label["box_y1"]) - float(label["box_y0"])]]
+    for bx, by, bw, bh in boxes:
+        cv2.rectangle(canvas, px(bx / w, by / h), px((bx + bw) / w, (by + bh) / h), (0, 200, 0), 1)
     ann = np.array(rec["trace_ann"], int)
     xs, ys = np.array(rec["trace_x"]), np.array(rec["trace_y"])
     for a in np.unique(ann):
@@ -90,7 +103,8 @@ def contact_sheet(sample: str | Path, out: str | Path, n: int = 24, cols: int = 
             if (sample / labels[r["key"]]["image"]).is_file()]
     if not rows:
         raise ValueError(f"{sample}: no training images with byproducts to show")
-    tiles = [_draw_tile(r, labels[r["key"]], sample, tile) for r in rows]
+    boxes = _coco_boxes(sample) if kind == "coco-ab" else {}
+    tiles = [_draw_tile(r, labels[r["key"]], sample, tile, boxes.get(r["key"])) for r in rows]
     tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % cols)
     grid = np.vstack([np.hstack(tiles[i:i + cols]) for i in range(0, len(tiles), cols)])
     out.parent.mkdir(parents=True, exist_ok=True)
