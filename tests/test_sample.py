@@ -235,8 +235,10 @@ def test_exactly_the_planted_records_are_rejected(kind, tmp_path):
     table, rejects = read_records(source, images=tmp_path, **extra)
     planted = [json.loads(line) for line in (tmp_path / "planted.jsonl").read_text().splitlines()]
     assert len(planted) == 30
-    assert sorted((r.key, r.reason) for r in rejects) == sorted(
-        (p["key"], p["reason"]) for p in planted)
+    assert sorted((r.where, r.reason) for r in rejects) == sorted(
+        (p["where"], p["reason"]) for p in planted)
+    assert sorted((r.key, r.reason) for r in rejects if r.reason != "malformed-json") == sorted(
+        (p["key"], p["reason"]) for p in planted if p["reason"] != "malformed-json")
     assert len({p["reason"] for p in planted}) >= 7
     duplicates = sum(p["reason"] == "duplicate-key" for p in planted)
     assert table.num_rows == 500 - (len(planted) - duplicates)

@@ -3,8 +3,8 @@
 The plan picks round(fraction * n) training records and gives each one reason, cycling through
 the reasons of the kind. A record that cannot carry its reason (no trace to disorder, no icon
 to rename) gets "bad-field" instead; planted.jsonl records what was actually planted, with the
-key the readers report (ImageNet-AB: the stem; COCO-AB: the image id; a malformed COCO element:
-"?<file>[<element index>]").
+key the readers report (ImageNet-AB: the stem; COCO-AB: the image id, which a malformed
+element still starts with) and where (archive member, or "<file>[<element index>]").
 """
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ def spoil_coco_record(rec: dict, reason: str) -> tuple[dict, str]:
 
 
 def break_json(text: str) -> str:
-    """Drop the comma after the first field: the element no longer parses as JSON."""
+    """Drop the comma after the first field (image_id): the element no longer parses as JSON,
+    but its key can still be read from its start."""
     return text.replace(", ", " ", 1)
 
 

@@ -391,8 +391,6 @@ class _Outputs:
             if "local" in row:  # COCO-AB: the element's index in the whole list
                 index = base + row.pop("local")
                 row["where"] = f"{COCO_JSON}[{index}]"
-                if row["reason"] == corrupt.MALFORMED_JSON:
-                    row["key"] = f"?{COCO_JSON}[{index}]"
             self.planted.append(row)
         if self.spec.kind == COCO_AB:
             (images, objects), n = self._coco_parts(job.split)
