@@ -67,6 +67,7 @@ def sample(out: Path, kind: str, size: int, heldout: int | None, seed: int, rho:
                       images=not no_images, compresslevel=compresslevel,
                       annotators=AnnotatorConfig(click_off_rate=click_off))
     total = size + (0 if no_images else 2 * spec.n_heldout)
+    tqdm.monitor_interval = 0  # no monitor thread: the worker processes are forked
     start = time.perf_counter()
     with tqdm(total=total, unit="img" if not no_images else "rec", disable=quiet,
               desc=f"sample {kind}") as bar:
