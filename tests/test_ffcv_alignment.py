@@ -29,6 +29,7 @@ from luab_data.loaders.ffcv_loader import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
     CoupledLoader,
+    FieldNames,
     build_pipelines,
 )
 from luab_data.loaders.ffcv_ops import CropPlan  # noqa: E402
@@ -57,7 +58,12 @@ class _Marked:
 
     def __getitem__(self, i: int):
         s = self.samples[i]
-        return s.image, s.label, s.amap, s.point
+        return s.image, s.label, s.amap, s.point, _many_points(s)
+
+
+def _many_points(sample) -> np.ndarray:
+    """A (K, 2) point field as COCO-AB has (one per class): the marker, absent, the centre."""
+    return np.stack([sample.point, [-1.0, -1.0], [0.5, 0.5]]).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +76,7 @@ def dataset(tmp_path_factory):
         "label": IntField(),
         "map": NDArrayField(np.dtype("uint8"), (2, *MAP_SHAPE)),
         "point": NDArrayField(np.dtype("float32"), (2,)),
+        "points": NDArrayField(np.dtype("float32"), (3, 2)),
     }
     DatasetWriter(str(path), fields, num_workers=1).from_indexed_dataset(data)
     return path, data.samples
@@ -120,15 +127,15 @@ def test_round_trip_of_fields(dataset):
         str(path), batch_size=50, num_workers=1, order=OrderOption.SEQUENTIAL,
         drop_last=False, pipelines={"image": None},
     )  # fmt: skip
-    got = {"label": [], "map": [], "point": []}
-    for labels, maps, points in loader:
-        got["label"].append(labels.numpy().copy())
-        got["map"].append(maps.numpy().copy())
-        got["point"].append(points.numpy().copy())
+    got = {"label": [], "map": [], "point": [], "points": []}
+    for outputs in loader:
+        for name, value in zip(got, outputs, strict=True):
+            got[name].append(value.numpy().copy())
     got = {k: np.concatenate(v) for k, v in got.items()}
     assert np.array_equal(got["label"][:, 0], [s.label for s in samples])
     assert np.array_equal(got["map"], np.stack([s.amap for s in samples]))  # bit-exact
     assert np.array_equal(got["point"], np.stack([s.point for s in samples]))
+    assert np.array_equal(got["points"], np.stack([_many_points(s) for s in samples]))
     reader = Reader(str(path))
     sizes = np.stack([reader.metadata["f0"]["width"], reader.metadata["f0"]["height"]], 1)
     assert np.array_equal(sizes, [s.image.shape[1::-1] for s in samples])
@@ -207,10 +214,12 @@ def test_decoupled_crops_fail_the_check(dataset):
 
 @pytest.mark.timeout(180)
 def test_validation_pipeline_centre_crop_normalised(dataset):
+    """Centre crop, no flip, normalised images; device="cpu" runs the GPU pipeline's shape
+    (ToDevice, channels-last, normalisation after the copy); a (K, 2) point field."""
     path, samples = dataset
     loader = CoupledLoader(
         path, 50, train=False, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED,
-        num_workers=2, normalize=True,
+        num_workers=2, normalize=True, device="cpu", names=FieldNames(point="points"),
     )  # fmt: skip
     mean = np.array(IMAGENET_MEAN, np.float32)
     std = np.array(IMAGENET_STD, np.float32)
@@ -218,9 +227,15 @@ def test_validation_pipeline_centre_crop_normalised(dataset):
     for batch in loader:
         assert batch.images.dtype == torch.float32
         assert batch.images.is_contiguous(memory_format=torch.channels_last)
+        assert batch.points.shape == (len(batch.indices), 3, 2)
         b = _numpy(batch)
         b["images"] = np.rint(b["images"] * std + mean)  # back to the uint8 scale
         assert not b["flips"].any()
+        assert (b["point_weights"][:, 1:] == [0.0, 1.0]).all()  # absent; centre always inside
+        for i, index in enumerate(b["indices"]):
+            want, _ = geo.transform_points(_many_points(samples[index]), b["boxes"][i], False)
+            np.testing.assert_allclose(b["points"][i, 2], want[2], atol=1e-5)
+        b["points"], b["point_weights"] = b["points"][:, 0], b["point_weights"][:, 0]
         for i, index in enumerate(b["indices"]):
             s, size = samples[index], tuple(sizes[index])
             _check_contract(b, i, s, size, epoch=0, train=False)

@@ -15,7 +15,6 @@ arrays and every operation holds the plan, which keeps them alive as long as the
 
 from __future__ import annotations
 
-import functools
 from dataclasses import replace
 from typing import Any
 
@@ -46,14 +45,6 @@ def _address_as_pointer(typingctx, address):  # noqa: ARG001 - numba's intrinsic
         return builder.inttoptr(args[0], cgutils.voidptr_t)
 
     return types.voidptr(address), codegen
-
-
-@functools.cache
-def _compiled(function: Any, enabled: bool) -> Any:
-    """One compiled copy per process of FFCV's ctypes helpers: a fresh dispatcher per
-    ``generate_code`` call would be collected later, and numba's dispatcher finaliser is
-    prone to an ignored KeyError when that happens beside a running loader thread."""
-    return Compiler.compile(function) if enabled else function
 
 
 @njit(cache=True)
@@ -161,8 +152,12 @@ class CoupledCropDecoder(ResizedCropRGBImageDecoder):
         jpg = IMAGE_MODES["jpg"]
         read = self.memory_read
         loop = Compiler.get_iterator()
-        decode_jpeg = _compiled(imdecode, Compiler.is_enabled)
-        crop_resize = _compiled(resize_crop, Compiler.is_enabled)
+        # Fresh dispatchers per call, and no writable 1-D uint8 argument: FFCV's OS-cache
+        # reader flips numba's *interned* uint8[::1] type to read-only at every Loader
+        # construction, which corrupts the overload table of any long-lived dispatcher
+        # compiled with that type (a KeyError in the loader thread, i.e. a hang).
+        decode_jpeg = Compiler.compile(imdecode)
+        crop_resize = Compiler.compile(resize_crop)
         crop_of = self.plan.crop_kernel
 
         def decode(indices, buffers, metadata, storage_state):
@@ -173,9 +168,8 @@ class CoupledCropDecoder(ResizedCropRGBImageDecoder):
                 raw = read(meta["data_ptr"], storage_state)
                 height, width = np.int64(meta["height"]), np.int64(meta["width"])
                 if meta["mode"] == jpg:
-                    full = scratch[i][: height * width * 3]
-                    decode_jpeg(raw, full, height, width, height, width, 0, 0, 1, 1, False, False)
-                    image = full.reshape(height, width, 3)
+                    image = scratch[i][: height * width * 3].reshape(height, width, 3)
+                    decode_jpeg(raw, image, height, width, height, width, 0, 0, 1, 1, False, False)
                 else:
                     image = raw.reshape(height, width, 3)
                 top, left, h, w, flip = crop_of(index, width, height)
