@@ -18,6 +18,7 @@ from luab_data.sample import ids
 from luab_data.sample.annotators import (
     AnnotatorConfig,
     GesturePlan,
+    Gestures,
     Workers,
     aim_inside,
     aim_outside,
@@ -99,8 +100,48 @@ def _plan(drops: list[Drop], owner_worker: np.ndarray, display: np.ndarray, work
     )
 
 
-def _px_text(px: np.ndarray, size: np.ndarray) -> list[float]:
-    return (px / size).tolist()
+@dataclass(frozen=True)
+class _Motion:
+    """Per-drop draws of a chunk (indexed by drop, in order)."""
+
+    gest: Gestures
+    gaps: np.ndarray  # ms spent before each drag (finding the icon, switching tabs)
+    keyboard: np.ndarray  # tab switched with the keyboard
+
+
+def _page(drops: list[Drop], k: int, d: np.ndarray, tracks: bool, m: _Motion) -> tuple:
+    """Actions, tab switches, trace and the last event time of one image's page; drops are
+    m's rows k, k + 1, ...; times are ms since the page opened."""
+    t, tab = 0.0, None
+    actions, tabs, trace = [], [], []
+    for drop in drops:
+        want = COCO_TABS.index(CLASSES[drop.cls].coco_super)
+        if want != tab:
+            tab = want
+            tabs.append({"categoryIndex": want, "categoryName": COCO_TABS[want],
+                         "timeAt": int(t + m.gaps[k] / 2), "usingKeyboard": bool(m.keyboard[k])})
+        t += float(m.gaps[k])
+        if tracks:
+            a, b = int(m.gest.offsets[k]), int(m.gest.offsets[k + 1])
+            ts = np.round(t + m.gest.t_ms[a:b]).astype(np.int64).tolist()
+            xs, ys = (m.gest.px[a:b] / d).T.tolist()
+            trace += [{"timeAt": tt, "x": x, "y": y} for tt, x, y in zip(ts, xs, ys, strict=True)]
+        t += float(m.gest.end_ms[k])
+        actions.append(_action(drop, d, int(round(t))))
+        k += 1
+    return actions, tabs, trace, t
+
+
+def _motion(per_image: list[list[Drop]], worker: np.ndarray, disp: np.ndarray,
+            workers: Workers, rng) -> _Motion:
+    counts = np.array([len(d) for d in per_image])
+    owner = np.repeat(np.arange(len(per_image)), counts)
+    flat = [d for ds in per_image for d in ds]
+    gest = draw_gestures(_plan(flat, worker[owner], disp[owner], workers, rng), workers, rng)
+    gaps = rng.uniform(300, 2500, len(flat))  # looking for the next icon, before its drag
+    firsts = (np.cumsum(counts) - counts)[counts > 0]
+    gaps[firsts] = rng.uniform(800, 3000, len(firsts))  # a first look at the image
+    return _Motion(gest, gaps, rng.random(len(flat)) < 0.1)
 
 
 def annotate_chunk(
@@ -113,47 +154,24 @@ def annotate_chunk(
     hit_ids = ids.task_hashes(rng, n_hits)
     hit = rng.integers(0, n_hits, n)
     worker = hit_worker[hit]
-    disp = np.array([displayed_size(int(w), int(h)) for w, h in zip(scenes.width, scenes.height,
-                                                                    strict=True)])
+    disp = np.array([displayed_size(int(w), int(h))
+                     for w, h in zip(scenes.width, scenes.height, strict=True)])
     per_image = [_drops(scenes, i, float(workers.spread[worker[i]]), cfg, rng) for i in range(n)]
-    counts = np.array([len(d) for d in per_image])
-    owner = np.repeat(np.arange(n), counts)
-    flat = [d for ds in per_image for d in ds]
-    plan = _plan(flat, worker[owner], disp[owner], workers, rng)
-    gest = draw_gestures(plan, workers, rng)
-    gaps = rng.uniform(300, 2500, len(flat))  # looking for the next icon, before its drag
-    gaps[np.concatenate([[0], np.cumsum(counts)])[:-1][counts > 0]] = rng.uniform(
-        800, 3000, int((counts > 0).sum()))  # the first drag waits for a look at the image
-    keyboard = rng.random(len(flat)) < 0.1
-    tail = rng.uniform(400, 3000, n)
+    motion = _motion(per_image, worker, disp, workers, rng)
+    tail = rng.uniform(400, 3000, n)  # after the last drop, before the next page
+    page_id = rng.integers(0, PAGES, n)
     out, k = [], 0
     for i in range(n):
-        d = disp[i]
-        t, tab = 0.0, None
-        actions, tabs, trace = [], [], []
-        for drop in per_image[i]:
-            want = COCO_TABS.index(CLASSES[drop.cls].coco_super)
-            if want != tab:
-                tab = want
-                tabs.append({"categoryIndex": want, "categoryName": COCO_TABS[want],
-                             "timeAt": int(t + gaps[k] / 2), "usingKeyboard": bool(keyboard[k])})
-            t += float(gaps[k])
-            a, b = int(gest.offsets[k]), int(gest.offsets[k + 1])
-            if workers.tracks[worker[i]]:
-                ts = np.round(t + gest.t_ms[a:b]).astype(np.int64).tolist()
-                xs, ys = _px_text(gest.px[a:b, 0], d[0]), _px_text(gest.px[a:b, 1], d[1])
-                trace += [{"timeAt": tt, "x": x, "y": y}
-                          for tt, x, y in zip(ts, xs, ys, strict=True)]
-            t += float(gest.end_ms[k])
-            actions.append(_action(drop, d, int(round(t))))
-            k += 1
-        end = int(round(t + tail[i] + (0 if per_image[i] else 2000)))
+        actions, tabs, trace, t = _page(per_image[i], k, disp[i], bool(workers.tracks[worker[i]]),
+                                        motion)
+        k += len(per_image[i])
         out.append({
             "image_id": int(image_ids[i]), "worker_id": workers.ids[worker[i]],
-            "hit_id": hit_ids[hit[i]], "page_id": int(rng.integers(0, PAGES)),
-            "imageWidth": int(d[0]), "imageHeight": int(d[1]),
+            "hit_id": hit_ids[hit[i]], "page_id": int(page_id[i]),
+            "imageWidth": int(disp[i][0]), "imageHeight": int(disp[i][1]),
             "originalImageWidth": int(scenes.width[i]),
-            "originalImageHeight": int(scenes.height[i]), "timeSpent": end,
+            "originalImageHeight": int(scenes.height[i]),
+            "timeSpent": int(round(t + tail[i] + (0 if actions else 2000))),
             "actionHistories": actions, "categoryHistories": tabs, "mouseTracking": trace,
         })
     return out
