@@ -9,7 +9,11 @@ Output tensors are FFCV's reused buffers: clone what you keep beyond the next ba
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
+import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,13 +194,23 @@ class CoupledLoader:
         self._live = epoch_iter
         return (self._assemble(out) for out in epoch_iter)
 
-    def _retire_live_epoch(self) -> None:
+    def _retire_live_epoch(self, patience_s: float = 60.0) -> None:
         """An abandoned epoch's worker may still be decoding; let it stop before the epoch
-        counter its stages read changes under it."""
+        counter its stages read changes under it. FFCV's worker checks for ``close()`` only
+        when its queue is full, and blocks for good on a full queue at the end of an epoch, so
+        take one batch off a full queue until it has gone."""
         live, self._live = self._live, None
-        if live is not None and live.is_alive():
-            live.close()
-            live.join(timeout=60)
+        if live is None:
+            return
+        live.close()
+        deadline = time.monotonic() + patience_s
+        while live.is_alive() and time.monotonic() < deadline:
+            live.join(0.05)
+            if live.is_alive() and live.output_queue.full():
+                with contextlib.suppress(queue.Empty):
+                    live.output_queue.get_nowait()
+        if live.is_alive():
+            warnings.warn("an abandoned FFCV epoch did not stop; crops may mismatch", stacklevel=3)
 
     def _assemble(self, outputs: Sequence[torch.Tensor]) -> Batch:
         out = dict(zip(self._outputs, outputs, strict=True))
