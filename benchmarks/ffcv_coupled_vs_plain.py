@@ -60,8 +60,9 @@ def write(path: Path, n: int, workers: int) -> None:
     DatasetWriter(str(path), fields, num_workers=workers).from_indexed_dataset(_Synthetic(n))
 
 
-def plain(path: Path, batch: int, workers: int) -> Loader:
-    image = [RandomResizedCropRGBImageDecoder((224, 224)), RandomHorizontalFlip(), ToTensor()]
+def plain(path: Path, batch: int, workers: int, flip: bool = True) -> Loader:
+    flips = [RandomHorizontalFlip()] if flip else []
+    image = [RandomResizedCropRGBImageDecoder((224, 224)), *flips, ToTensor()]
     return Loader(
         str(path), batch, num_workers=workers, order=OrderOption.RANDOM, drop_last=True,
         pipelines={
@@ -96,6 +97,7 @@ def main() -> None:
         common = {"image_size": 224, "map_size": 14, "num_workers": args.workers}
         loaders = {
             "plain FFCV (image+label)": plain(path, args.batch, args.workers),
+            "plain FFCV, no flip": plain(path, args.batch, args.workers, flip=False),
             "coupled (image+label+crop)": CoupledLoader(
                 path, args.batch, names=FieldNames(map=None, point=None), **common
             ),
