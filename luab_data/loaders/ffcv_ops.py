@@ -38,7 +38,7 @@ CROP_WIDTH = 5  # per-sample crop output: x0, y0, x1, y1, flip
 
 
 @intrinsic
-def _address_as_pointer(typingctx, address):  # noqa: ARG001 - numba's intrinsic signature
+def _address_as_pointer(typingctx, address):  # typingctx: part of numba's intrinsic protocol
     """An integer address as a void pointer, so ``numba.carray`` can view live memory."""
 
     def codegen(context, builder, signature, args):
