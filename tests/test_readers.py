@@ -18,7 +18,7 @@ from official_fixtures import (
 
 from luab_data.records import RECORD_SCHEMA, read_metadata
 from luab_data.sources import detect_kind, open_source, read_records
-from luab_data.sources.xml_scan import parse_float, parse_int
+from luab_data.sources.numparse import parse_float, parse_int
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Canonical records: the Arrow schema every later stage consumes."""
 
-from luab_data.records.batch import records_to_batch
+from luab_data.records.batch import list_array, records_to_batch
 from luab_data.records.record import Annotation, Record, Reject, RejectError
 from luab_data.records.schema import (
     COCO_AB,
@@ -18,6 +18,7 @@ __all__ = [
     "Record",
     "Reject",
     "RejectError",
+    "list_array",
     "read_metadata",
     "record_schema",
     "records_to_batch",

@@ -26,6 +26,13 @@ def _list_of(values: list, offsets: pa.Array, type_: pa.DataType) -> pa.ListArra
     return pa.ListArray.from_arrays(offsets, pa.array(values, type_))
 
 
+def list_array(offsets, values, type_: pa.DataType, mask=None) -> pa.ListArray:
+    """A list column from row offsets and flat values (masked values become nulls)."""
+    return pa.ListArray.from_arrays(
+        pa.array(np.asarray(offsets, np.int32), pa.int32()), pa.array(values, type_, mask=mask)
+    )
+
+
 def records_to_batch(records: Sequence[Record], with_jpeg: bool = False) -> pa.RecordBatch:
     """Build one record batch; list groups share one offsets array."""
     schema = record_schema(with_jpeg)

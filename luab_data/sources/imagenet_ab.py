@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from luab_data.records import IMAGENET_AB, Reject, record_schema
+from luab_data.records import IMAGENET_AB, Reject, list_array, record_schema
 from luab_data.sources import tar_stream, xml_scan
 from luab_data.sources import validation as v
 from luab_data.sources.errors import SourceError
+from luab_data.sources.pipeline import threaded
 from luab_data.sources.progress import Progress
 from luab_data.sources.sharding import in_shard
 from luab_data.sources.tar_stream import MemberBlock
@@ -94,7 +95,7 @@ class ImageNetABSource:
     def _blocks(self, progress: Progress, keep_data: bool = True) -> Iterator[MemberBlock]:
         if self.is_folder:
             return _folder_blocks(self.path, progress, keep_data)
-        return tar_stream.threaded(tar_stream.iter_blocks(self.path, progress, keep_data))
+        return threaded(tar_stream.iter_blocks(self.path, progress, keep_data))
 
     def class_list(self) -> list[str]:
         """The class list labels index: given, or the sorted wnids of the whole source."""
@@ -180,12 +181,6 @@ def _image_path(wnid: str, stem: str) -> str:
     return f"train/{wnid}/{stem}.JPEG"
 
 
-def _list(offsets: np.ndarray, values, type_: pa.DataType, mask=None) -> pa.ListArray:
-    return pa.ListArray.from_arrays(
-        pa.array(offsets, pa.int32()), pa.array(values, type_, mask=mask)
-    )
-
-
 def _offsets(ends: np.ndarray) -> np.ndarray:
     """Kept documents' row ranges, given each kept doc's end cursor (bad docs added none)."""
     return np.concatenate([[0], ends]).astype(np.int32)
@@ -224,34 +219,34 @@ def _columns(scan, raw: bytes, wnids: list[str], stems: list[str], labels, index
         "image": pa.array(list(map(_image_path, wnids, stems)), pa.string()),
         "wnid": pa.array(wnids, pa.string()),
         "label": pa.array(labels, pa.int32()),
-        "labels": _list(np.arange(n + 1), labels, pa.int32()),
+        "labels": list_array(np.arange(n + 1), labels, pa.int32()),
         "width": pa.array(width, pa.int32()),
         "height": pa.array(height, pa.int32()),
         "point_x": pa.array(point_x, f32, mask=np.isnan(point_x)),
         "point_y": pa.array(point_y, f32, mask=np.isnan(point_y)),
         "n_clicks": pa.array(np.diff(clk_off), pa.int32()),
         "n_trace": pa.array(np.diff(smp_off), pa.int32()),
-        "click_x": _list(clk_off, scan.clk_x, f32),
-        "click_y": _list(clk_off, scan.clk_y, f32),
-        "click_t": _list(clk_off, scan.clk_t, pa.int64()),
-        "click_class": _list(clk_off, clk_class, pa.int32()),
-        "click_ann": _list(clk_off, clk_local, pa.int16()),
-        "trace_x": _list(smp_off, scan.smp_x, f32),
-        "trace_y": _list(smp_off, scan.smp_y, f32),
-        "trace_t": _list(smp_off, scan.smp_t, pa.int64()),
-        "trace_ann": _list(smp_off, smp_local, pa.int16()),
-        "ann_worker": _list(ann_off, text(0), pa.string()),
-        "ann_task": _list(ann_off, text(1), pa.string()),
-        "ann_selected": _list(ann_off, scan.ann_sel == 1, pa.bool_()),
-        "ann_duration_ms": _list(ann_off, ints[:, 0], pa.int32(), missing[:, 0]),
-        "ann_submit_s": _list(ann_off, ints[:, 1], pa.int64(), missing[:, 1]),
-        "ann_page": _list(ann_off, ints[:, 3], pa.int16(), missing[:, 3]),
-        "ann_hover_count": _list(ann_off, ints[:, 2], pa.int32(), missing[:, 2]),
-        "box_x0": _list(obj_off, scan.obj_box[:, 0] / box_w, f32),
-        "box_y0": _list(obj_off, scan.obj_box[:, 1] / box_h, f32),
-        "box_x1": _list(obj_off, scan.obj_box[:, 2] / box_w, f32),
-        "box_y1": _list(obj_off, scan.obj_box[:, 3] / box_h, f32),
-        "box_class": _list(obj_off, [index.get(w, -1) for w in names], pa.int32()),
+        "click_x": list_array(clk_off, scan.clk_x, f32),
+        "click_y": list_array(clk_off, scan.clk_y, f32),
+        "click_t": list_array(clk_off, scan.clk_t, pa.int64()),
+        "click_class": list_array(clk_off, clk_class, pa.int32()),
+        "click_ann": list_array(clk_off, clk_local, pa.int16()),
+        "trace_x": list_array(smp_off, scan.smp_x, f32),
+        "trace_y": list_array(smp_off, scan.smp_y, f32),
+        "trace_t": list_array(smp_off, scan.smp_t, pa.int64()),
+        "trace_ann": list_array(smp_off, smp_local, pa.int16()),
+        "ann_worker": list_array(ann_off, text(0), pa.string()),
+        "ann_task": list_array(ann_off, text(1), pa.string()),
+        "ann_selected": list_array(ann_off, scan.ann_sel == 1, pa.bool_()),
+        "ann_duration_ms": list_array(ann_off, ints[:, 0], pa.int32(), missing[:, 0]),
+        "ann_submit_s": list_array(ann_off, ints[:, 1], pa.int64(), missing[:, 1]),
+        "ann_page": list_array(ann_off, ints[:, 3], pa.int16(), missing[:, 3]),
+        "ann_hover_count": list_array(ann_off, ints[:, 2], pa.int32(), missing[:, 2]),
+        "box_x0": list_array(obj_off, scan.obj_box[:, 0] / box_w, f32),
+        "box_y0": list_array(obj_off, scan.obj_box[:, 1] / box_h, f32),
+        "box_x1": list_array(obj_off, scan.obj_box[:, 2] / box_w, f32),
+        "box_y1": list_array(obj_off, scan.obj_box[:, 3] / box_h, f32),
+        "box_class": list_array(obj_off, [index.get(w, -1) for w in names], pa.int32()),
     }
     if jpegs is not None:
         cols["jpeg"] = pa.array(jpegs, pa.binary())

@@ -8,8 +8,6 @@ members where they lie. Decompression runs in a thread of its own (zlib releases
 
 from __future__ import annotations
 
-import queue
-import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -180,36 +178,3 @@ def _name(header: bytes) -> str:
         if prefix:
             return f"{prefix}/{name}"
     return name
-
-
-def threaded(blocks: Iterator[MemberBlock], depth: int = 3) -> Iterator[MemberBlock]:
-    """Run a block iterator in a thread (decompression overlaps parsing), bounded read-ahead."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for block in blocks:
-                while not stop.is_set():
-                    try:
-                        q.put(block, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(done)
-        except BaseException as err:  # handed to the consumer, raised there
-            q.put(err)
-
-    worker = threading.Thread(target=produce, daemon=True)
-    worker.start()
-    try:
-        while (item := q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join(timeout=5)

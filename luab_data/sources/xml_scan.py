@@ -13,6 +13,7 @@ import numba
 import numpy as np
 
 from luab_data.sources import validation as v
+from luab_data.sources.numparse import is_space, parse_float, parse_int, strip
 
 # Tag names we act on; any other tag is checked for nesting and otherwise ignored.
 TAGS = (
@@ -75,22 +76,17 @@ TAG_HASHES = np.array([_fnv1a(n) for n in TAGS], np.uint64)[_ORDER]
 TAG_IDS = (np.arange(1, len(TAGS) + 1, dtype=np.int32))[_ORDER]
 
 
-@numba.njit(cache=True, nogil=True)
-def _is_space(c: int) -> bool:
-    return c == 32 or c == 9 or c == 10 or c == 13
-
-
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _name_end(buf, i, end):
     while i < end:
         c = buf[i]
-        if c == 62 or c == 47 or _is_space(c):  # '>' '/' whitespace
+        if c == 62 or c == 47 or is_space(c):  # '>' '/' whitespace
             return i
         i += 1
     return end
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _hash(buf, s, e):
     h = _FNV_OFFSET
     for i in range(s, e):
@@ -98,7 +94,7 @@ def _hash(buf, s, e):
     return h
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _same_name(buf, packed, s, e):
     """Does buf[s:e] equal the open tag's name (packed as start << 16 | length)?"""
     start, length = packed >> 16, packed & 0xFFFF
@@ -110,105 +106,12 @@ def _same_name(buf, packed, s, e):
     return True
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _tag_id(h, hashes, ids):
     k = np.searchsorted(hashes, h)
     if k < hashes.shape[0] and hashes[k] == h:
         return ids[k]
     return 0
-
-
-@numba.njit(cache=True, nogil=True)
-def _strip(buf, s, e):
-    while s < e and _is_space(buf[s]):
-        s += 1
-    while e > s and _is_space(buf[e - 1]):
-        e -= 1
-    return s, e
-
-
-@numba.njit(cache=True, nogil=True)
-def parse_int(buf, s, e):
-    """Decimal integer in buf[s:e]; ok=False when it is not one."""
-    s, e = _strip(buf, s, e)
-    neg = s < e and buf[s] == 45
-    if s < e and (buf[s] == 45 or buf[s] == 43):
-        s += 1
-    if s >= e or e - s > 18:
-        return 0, False
-    val = 0
-    for i in range(s, e):
-        d = buf[i] - 48
-        if d < 0 or d > 9:
-            return 0, False
-        val = val * 10 + d
-    return (-val if neg else val), True
-
-
-@numba.njit(cache=True, nogil=True)
-def _match_word(buf, s, e, word):
-    if e - s != len(word):
-        return False
-    for i in range(e - s):
-        c = buf[s + i]
-        if c >= 65 and c <= 90:
-            c += 32  # case-insensitive: NaN, nan, Infinity
-        if c != word[i]:
-            return False
-    return True
-
-
-_NAN = np.frombuffer(b"nan", np.uint8)
-_INF = np.frombuffer(b"inf", np.uint8)
-_INFINITY = np.frombuffer(b"infinity", np.uint8)
-
-
-@numba.njit(cache=True, nogil=True)
-def parse_float(buf, s, e):
-    """Decimal float in buf[s:e] (NaN and Infinity are parsed, the validator rejects them)."""
-    s, e = _strip(buf, s, e)
-    neg = s < e and buf[s] == 45
-    if s < e and (buf[s] == 45 or buf[s] == 43):
-        s += 1
-    if _match_word(buf, s, e, _NAN):
-        return np.nan, True
-    if _match_word(buf, s, e, _INF) or _match_word(buf, s, e, _INFINITY):
-        return (-np.inf if neg else np.inf), True
-    mant = 0
-    digits = 0
-    exp10 = 0
-    i = s
-    seen_dot = False
-    while i < e:
-        c = buf[i]
-        if c >= 48 and c <= 57:
-            if digits < 18:
-                mant = mant * 10 + (c - 48)
-                digits += mant > 0
-                if seen_dot:
-                    exp10 -= 1
-            elif not seen_dot:
-                exp10 += 1  # digits beyond int64 precision only scale the value
-        elif c == 46 and not seen_dot:
-            seen_dot = True
-        else:
-            break
-        i += 1
-    if i == s or (i == s + 1 and seen_dot):
-        return 0.0, False
-    if i < e:
-        if buf[i] != 101 and buf[i] != 69:  # e / E
-            return 0.0, False
-        ev, ok = parse_int(buf, i + 1, e)
-        if not ok:
-            return 0.0, False
-        exp10 += ev
-    val = float(mant)
-    if exp10 < 0:
-        val = val / 10.0 ** (-exp10) if exp10 >= -22 else val * 10.0**exp10
-    elif exp10 > 0:
-        val = val * 10.0**exp10
-    return (-val if neg else val), True
 
 
 @numba.njit(cache=True, nogil=True)
@@ -335,7 +238,7 @@ def _scan_doc(
     i = start
     while True:
         if root_done:  # only whitespace may follow the root element
-            while i < end and _is_space(buf[i]):
+            while i < end and is_space(buf[i]):
                 i += 1
             if i < end:
                 return E_TRAILING, i - start
@@ -391,7 +294,7 @@ def _scan_doc(
                         return E_NUMBER, ts - start
                     size[0 if tag == T_WIDTH else 1] = val
                 elif parent == T_OBJECT and tag == T_NAME and state[3] > 0:
-                    s0, e0 = _strip(buf, ts, i)
+                    s0, e0 = strip(buf, ts, i)
                     obj_name[state[3] - 1, 0] = s0
                     obj_name[state[3] - 1, 1] = e0
                 elif parent == T_BNDBOX and tag >= T_XMIN and state[3] > 0:
@@ -464,16 +367,16 @@ def _scan_doc(
     return E_OK, 0
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _meta_field(buf, tag, ts, te, ann, ann_str, ann_int, ann_sel):
     """Store one leaf of a <metadata> block."""
     if tag == T_WORKER or tag == T_HIT or tag == T_IMAGEID:
-        s0, e0 = _strip(buf, ts, te)
+        s0, e0 = strip(buf, ts, te)
         col = 0 if tag == T_WORKER else (1 if tag == T_HIT else 2)
         ann_str[ann, col, 0] = s0
         ann_str[ann, col, 1] = e0
     elif tag == T_SELECTED:
-        s0, e0 = _strip(buf, ts, te)
+        s0, e0 = strip(buf, ts, te)
         if e0 - s0 == 4 and buf[s0] == 84:  # 'True': compare the text, bool("False") is true
             ann_sel[ann] = 1
         elif e0 - s0 == 5 and buf[s0] == 70:  # 'False'
@@ -509,7 +412,7 @@ def _validate(
     return _check_series(saved[2], state[2], clk_ann, clk_t, clk_x, clk_y, clk_pos)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _check_series(s, e, owner, t, x, y, pos):
     for j in range(s, e):
         if not (v.COORD_MIN <= x[j] <= v.COORD_MAX and v.COORD_MIN <= y[j] <= v.COORD_MAX):
