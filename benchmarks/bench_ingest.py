@@ -163,8 +163,18 @@ def main() -> None:
     ap.add_argument("--coco", type=int, default=80_000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--data", type=Path, default=Path("/tmp/luab-bench"))
+    ap.add_argument(
+        "--scale",
+        type=int,
+        default=0,
+        help="Also read an ImageNet-AB tar this large once, for peak RSS vs size.",
+    )
     args = ap.parse_args()
     report = {"machine": machine(), "benchmarks": {}}
+    if args.scale:
+        big = generate("imagenet-ab", args.scale, args.data)
+        report["rss_vs_size"] = {str(args.scale): measure("ours_build", big)}
+        print(f"  scale {args.scale}: {report['rss_vs_size']}", flush=True)
     if args.imagenet:
         tar = generate("imagenet-ab", args.imagenet, args.data)
         report["benchmarks"]["imagenet_ab"] = compare(
@@ -176,11 +186,17 @@ def main() -> None:
             "coco", js, ["ours", "ours_build", "baseline_coco"], args.reps
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ingest.json").write_text(json.dumps(report, indent=2) + "\n")
+    name = "ingest.json" if report["benchmarks"] else "ingest-scale.json"
+    (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
 
 
 def print_table(report: dict) -> None:
+    for size, r in report.get("rss_vs_size", {}).items():
+        print(
+            f"ImageNet-AB {int(size):,} records: build peak RSS {r['peak_rss_mb']:.0f} MB, "
+            f"{r['records'] / r['seconds']:,.0f} records/s"
+        )
     print(f"\nmachine: {report['machine']['cpu']}, {report['machine']['cores']} cores")
     print(f"{'input':12} {'reader':18} {'records/s (median, min-max)':32} {'ratio':22} peak RSS")
     for name, bench in report["benchmarks"].items():
