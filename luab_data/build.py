@@ -124,7 +124,9 @@ def build_parquet(
         "summary": summary.as_dict(),
         "rejects_file": writer.rejects_file.name.rsplit("/", 1)[-1],
     }
-    summary.outputs = [str(out / f) for f in writer.files] + [str(writer.commit(manifest))]
+    manifest_file = writer.commit(manifest)
+    summary.outputs = [str(out / f) for f in [*writer.files, manifest["rejects_file"]]]
+    summary.outputs.append(str(manifest_file))
     return summary
 
 

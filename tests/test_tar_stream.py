@@ -1,0 +1,76 @@
+"""The streaming tar reader returns exactly what tarfile stores, whatever the read size."""
+
+from __future__ import annotations
+
+import io
+import random
+import tarfile
+
+import pytest
+
+from luab_data.sources import SourceError, tar_stream
+from luab_data.sources.tar_stream import iter_blocks
+
+
+def make_tar(path, fmt: int, compress: bool, n: int = 120) -> list[tuple[str, bytes]]:
+    """Names over 100 characters: GNU long-name and pax records, or the ustar prefix field."""
+    rng = random.Random(fmt)
+    members = []
+    with tarfile.open(path, "w:gz" if compress else "w", format=fmt) as tar:
+        for i in range(n):
+            longest = 90 if fmt == tarfile.USTAR_FORMAT else 180  # ustar: a 100-char last part
+            long_part = "x" * rng.randrange(1, longest)
+            name = f"train_xml/n{i % 7:08d}/{long_part}_{i}.xml"
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 1500)))
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+            members.append((name, data))
+            if i % 40 == 0:  # directories are skipped
+                folder = tarfile.TarInfo(f"train_xml/dir{i}")
+                folder.type = tarfile.DIRTYPE
+                tar.addfile(folder)
+    return members
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+@pytest.mark.parametrize("read_size", [700, 5000, 1 << 20])
+def test_members_match_tarfile(tmp_path, monkeypatch, fmt, read_size):
+    path = tmp_path / "a.tar.gz"
+    members = make_tar(path, fmt, compress=True)
+    assert max(len(name) for name, _ in members) > 100
+    monkeypatch.setattr(tar_stream, "READ_SIZE", read_size)
+    monkeypatch.setattr(tar_stream, "TARGET_MEMBERS", 17)
+    got = [(name, b.buf[s:e]) for b in iter_blocks(path)
+           for name, s, e in zip(b.names, b.starts, b.ends, strict=True)]  # fmt: skip
+    assert got == members
+
+
+def test_uncompressed_tar(tmp_path):
+    path = tmp_path / "a.tar"
+    members = make_tar(path, tarfile.GNU_FORMAT, compress=False)
+    got = [(n, b.buf[s:e]) for b in iter_blocks(path)
+           for n, s, e in zip(b.names, b.starts, b.ends, strict=True)]  # fmt: skip
+    assert got == members
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.7, 0.999])
+def test_cut_archive_raises(tmp_path, keep):
+    path = tmp_path / "a.tar.gz"
+    make_tar(path, tarfile.GNU_FORMAT, compress=True, n=300)
+    cut = tmp_path / "cut.tar.gz"
+    data = path.read_bytes()
+    cut.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(SourceError, match="truncated or corrupt"):
+        for _ in iter_blocks(cut):
+            pass
+
+
+def test_corrupt_header_raises(tmp_path):
+    path = tmp_path / "a.tar"
+    make_tar(path, tarfile.GNU_FORMAT, compress=False, n=5)
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF  # inside the first header: its checksum no longer matches
+    path.write_bytes(bytes(data))
+    with pytest.raises(SourceError, match="checksum"):
+        list(iter_blocks(path))
