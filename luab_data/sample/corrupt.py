@@ -17,16 +17,17 @@ import numpy as np
 
 from luab_data.sample.imagenet_ab import XmlRecord
 from luab_data.sample.official_format import Repeated
-
-MALFORMED_XML = "malformed-xml"
-MALFORMED_JSON = "malformed-json"
-BAD_FIELD = "bad-field"
-UNKNOWN_CLASS = "unknown-class"
-BAD_COORDINATES = "bad-coordinates"
-BAD_TIMES = "bad-times"
-ZERO_SIZE = "zero-size"
-MISSING_IMAGE = "missing-image"
-DUPLICATE_KEY = "duplicate-key"
+from luab_data.sources.validation import (  # the readers' reject reasons, planted on purpose
+    BAD_COORDINATES,
+    BAD_FIELD,
+    BAD_TIMES,
+    DUPLICATE_KEY,
+    MALFORMED_JSON,
+    MALFORMED_XML,
+    MISSING_IMAGE,
+    UNKNOWN_CLASS,
+    ZERO_SIZE,
+)
 
 IMAGENET_REASONS = (
     MALFORMED_XML, BAD_FIELD, UNKNOWN_CLASS, BAD_COORDINATES, BAD_TIMES, ZERO_SIZE,

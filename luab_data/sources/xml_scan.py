@@ -87,6 +87,16 @@ def _name_end(buf, i, end):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _tag_end(buf, ns, end):
+    """(end of the tag name starting at ns, index of the tag's closing '>' or `end`)."""
+    ne = _name_end(buf, ns, end)
+    gt = ne
+    while gt < end and buf[gt] != 62:
+        gt += 1
+    return ne, gt
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _hash(buf, s, e):
     h = _FNV_OFFSET
     for i in range(s, e):
@@ -257,10 +267,7 @@ def _scan_doc(
             continue
         if c1 == 47:  # closing tag
             ns = i + 2
-            ne = _name_end(buf, ns, end)
-            gt = ne
-            while gt < end and buf[gt] != 62:
-                gt += 1
+            ne, gt = _tag_end(buf, ns, end)
             if gt >= end:
                 return E_EOF, i - start
             if depth == 0 or not _same_name(buf, stack_h[depth - 1], ns, ne):
@@ -323,13 +330,8 @@ def _scan_doc(
             i = gt + 1
             continue
         # opening tag
-        if root_done:
-            return E_TRAILING, i - start
         ns = i + 1
-        ne = _name_end(buf, ns, end)
-        gt = ne
-        while gt < end and buf[gt] != 62:
-            gt += 1
+        ne, gt = _tag_end(buf, ns, end)
         if gt >= end:
             return E_EOF, i - start
         if depth >= _MAX_DEPTH:
