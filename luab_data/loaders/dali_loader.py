@@ -1,0 +1,519 @@
+"""The DALI loader of the batch contract (DESIGN.md, contract 3), over the same .beton as FFCV.
+
+>>> loader = make_dali_loader("train.beton", 256, train=True, image_size=224, map_size=14,
+...                           device_id=0)          # device_id=None: CPU-only pipeline
+>>> for batch in loader:                            # a luab_data.loaders.ffcv_loader.Batch
+...     batch.images, batch.labels, batch.boxes, batch.flips, batch.maps, batch.points, ...
+
+How one crop reaches every output. A batch source (``fn.external_source``, batch mode) reads the
+sample indices of the next batch, looks up each stored image size in the .beton metadata and
+draws the crop and flip with :mod:`luab_data.geometry` from (seed, epoch, index) — the very
+function the FFCV loader's stages call, so both loaders crop a sample identically. The same
+per-sample window then drives
+
+* the image: ``fn.decoders.image_slice`` with the integer pixel window (absolute anchor/shape,
+  so no rounding of normalised coordinates can move it), ``fn.resize`` to the output size,
+  ``fn.crop_mirror_normalize`` with the flip (and the optional normalisation);
+* the map: ``fn.resize`` with the normalised box as a *relative ROI* (fractional, so a box edge
+  inside a map cell is honoured, as in ``geometry.warp_map``), and the flip folded into the ROI
+  (an ROI whose start exceeds its end is mirrored). A separate ``fn.slice`` would have to round
+  the box to whole cells first, which ``geometry.crop_map`` does not do;
+* the points: ``geometry.transform_points_into`` on the source side (a few flops per sample);
+* the reported boxes and flips: the window itself, passed through the pipeline with its batch.
+
+Everything a batch needs travels through the pipeline together, so prefetching cannot pair a
+batch with another batch's crops. Output tensors are fresh per batch (no reuse, unlike FFCV).
+
+Devices: ``device_id=None`` runs every operator on the CPU (DALI's CPU-only mode, used in CI);
+an integer decodes with ``device="mixed"`` (nvJPEG; the A100/H100 hardware JPEG decoder takes
+``hw_decoder_load`` of the work) and resizes, mirrors, normalises and resamples maps on that GPU.
+
+Images may be stored as JPEG or raw (FFCV's ``write_mode`` raw/proportion/smart): a raw image is
+handed to the decoder as a binary PPM (a 15-byte header before the stored RGB bytes), which DALI
+decodes on the CPU even in mixed mode, so one graph serves both.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numba import njit
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+from torch.utils.data import DistributedSampler
+
+from luab_data import geometry as geo
+from luab_data.loaders.beton_reader import RAW_MODE, BetonFile, ImageTable
+from luab_data.loaders.ffcv_loader import IMAGENET_MEAN, IMAGENET_STD, Batch, FieldNames
+
+_DALI_TYPES = {
+    np.dtype(np.uint8): types.UINT8,
+    np.dtype(np.int16): types.INT16,
+    np.dtype(np.int32): types.INT32,
+    np.dtype(np.int64): types.INT64,
+    np.dtype(np.float32): types.FLOAT,
+    np.dtype(np.float64): types.FLOAT64,
+}
+
+
+# ---------------------------------------------------------------- the crop rule
+
+
+@dataclass(frozen=True)
+class CropRule:
+    """The augmentation of a loader, as ``geometry.crop_box`` takes it (same defaults)."""
+
+    train: bool = True
+    seed: int = 0
+    scale: tuple[float, float] = geo.DEFAULT_SCALE
+    ratio: tuple[float, float] = geo.DEFAULT_RATIO
+    flip_p: float = 0.5
+    center_ratio: float = geo.DEFAULT_CENTER_RATIO
+
+
+@dataclass
+class Crops:
+    """One batch's windows: ``pixels`` (N, 4) int32 (left, top, w, h) of the stored image,
+    ``boxes`` (N, 4) float64 normalised (x0, y0, x1, y1), ``flips`` (N,) bool."""
+
+    pixels: np.ndarray
+    boxes: np.ndarray
+    flips: np.ndarray
+
+    def map_roi(self) -> tuple[np.ndarray, np.ndarray]:
+        """Relative (y, x) ROI start/end for ``fn.resize``; x swapped where flipped (mirror)."""
+        x0, y0, x1, y1 = self.boxes.T
+        xs, xe = np.where(self.flips, x1, x0), np.where(self.flips, x0, x1)
+        start = np.stack([y0, xs], axis=1).astype(np.float32)
+        return start, np.stack([y1, xe], axis=1).astype(np.float32)
+
+
+def draw_crops(sizes: np.ndarray, indices: np.ndarray, rule: CropRule, epoch: int) -> Crops:
+    """The windows of ``indices`` in ``epoch``: geometry's crop of each stored (width, height)."""
+    n = len(indices)
+    crops = Crops(np.empty((n, 4), np.int32), np.empty((n, 4)), np.empty(n, np.bool_))
+    _draw_crops(
+        sizes, np.asarray(indices, np.int64), rule.seed, epoch, rule.train, *rule.scale,
+        *rule.ratio, rule.flip_p, rule.center_ratio, crops.pixels, crops.boxes, crops.flips,
+    )  # fmt: skip
+    return crops
+
+
+@njit(cache=True, nogil=True)
+def _draw_crops(
+    sizes, indices, seed, epoch, train, s_lo, s_hi, r_lo, r_hi, flip_p, center_ratio,
+    pixels, boxes, flips,
+):  # fmt: skip
+    for i in range(indices.shape[0]):
+        index = indices[i]
+        width, height = sizes[index, 0], sizes[index, 1]
+        if train:
+            top, left, h, w, flip = geo.train_crop(
+                width, height, seed, epoch, index, s_lo, s_hi, r_lo, r_hi, flip_p
+            )
+        else:
+            top, left, h, w = geo.center_crop(width, height, center_ratio)
+            flip = False
+        pixels[i, 0], pixels[i, 1], pixels[i, 2], pixels[i, 3] = left, top, w, h
+        x0, y0, x1, y1 = geo.normalised_box(top, left, h, w, width, height)
+        boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3] = x0, y0, x1, y1
+        flips[i] = flip
+
+
+@njit(cache=True, nogil=True)
+def _transform_batch_points(points, boxes, flips, out):
+    """(N, K, 2) normalised points -> (N, K, 3) (tx, ty, weight), one box and flip per row."""
+    for i in range(points.shape[0]):
+        b = boxes[i]
+        geo.transform_points_into(points[i], b[0], b[1], b[2], b[3], flips[i], out[i])
+
+
+# ---------------------------------------------------------------- the batch source
+
+
+def _ppm(raw: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Stored raw RGB pixels as a binary PPM stream, which DALI's decoders read."""
+    header = f"P6\n{width} {height}\n255\n".encode()
+    out = np.empty(len(header) + raw.size, np.uint8)
+    out[: len(header)] = np.frombuffer(header, np.uint8)
+    out[len(header) :] = raw
+    return out
+
+
+class BetonBatchSource:
+    """``fn.external_source`` callback: the next batch of the current epoch, from the .beton.
+
+    ``outputs`` names what each call returns, in order. The loader sets the epoch's batches
+    with :meth:`start_epoch` before it runs the pipeline; after the last one, a call raises
+    StopIteration, which ends DALI's epoch.
+    """
+
+    def __init__(self, beton: BetonFile, rule: CropRule, names: FieldNames) -> None:
+        self.beton, self.rule, self.names = beton, rule, names
+        self.images: ImageTable = beton.images(names.image)
+        self.sizes = np.ascontiguousarray(self.images.sizes)
+        self.has_map = names.map is not None and names.map in beton.handlers
+        self.has_points = names.point is not None and names.point in beton.handlers
+        if self.has_map and len(beton.ndarray_field(names.map).shape) != 3:
+            raise ValueError(f"map field must be (C, Hm, Wm): {beton.handlers[names.map].shape}")
+        if self.has_points:
+            pts = beton.ndarray_field(names.point)
+            if pts.shape[-1] != 2 or pts.dtype not in (np.float32, np.float64):
+                raise ValueError(f"point field must be float (..., 2), got {pts.shape}")
+        self.outputs, self.dtypes, self.layouts = self._describe()
+        self.epoch, self._batches, self._cursor = 0, [], 0
+
+    def _describe(self) -> tuple[list[str], list[Any], list[str]]:
+        spec = [("encoded", types.UINT8, ""), ("anchor", types.INT32, ""),
+                ("shape", types.INT32, ""), ("mirror", types.INT32, ""),
+                ("boxes", types.FLOAT, "")]  # fmt: skip
+        if self.has_map:
+            map_type = _DALI_TYPES[np.dtype(self.beton.ndarray_field(self.names.map).dtype)]
+            spec += [("roi_start", types.FLOAT, ""), ("roi_end", types.FLOAT, ""),
+                     ("map", map_type, "CHW")]  # fmt: skip
+        spec.append(("labels", _DALI_TYPES[self._label_dtype()], ""))
+        if self.has_points:
+            spec += [("points", types.FLOAT, ""), ("weights", types.FLOAT, "")]
+        spec.append(("indices", types.INT64, ""))
+        names, dtypes, layouts = zip(*spec, strict=True)
+        return list(names), list(dtypes), list(layouts)
+
+    def _label_dtype(self) -> np.dtype:
+        if self.beton.is_scalar(self.names.label):
+            return self.beton.column(self.names.label).dtype.newbyteorder("=")
+        return np.dtype(self.beton.ndarray_field(self.names.label).dtype)
+
+    def start_epoch(self, epoch: int, batches: Sequence[np.ndarray]) -> None:
+        self.epoch, self._batches, self._cursor = epoch, list(batches), 0
+
+    def stop(self) -> None:
+        """End the epoch at the next call (prefetched batches still come out)."""
+        self._batches = self._batches[: self._cursor]
+
+    def __call__(self) -> tuple[Any, ...]:
+        if self._cursor >= len(self._batches):
+            raise StopIteration
+        indices = self._batches[self._cursor]
+        self._cursor += 1
+        out = self.batch(indices, self.epoch)
+        return tuple(out[name] for name in self.outputs)
+
+    def batch(self, indices: np.ndarray, epoch: int) -> dict[str, Any]:
+        """Everything the pipeline needs for ``indices`` in ``epoch`` (a pure function)."""
+        indices = np.asarray(indices, np.int64)
+        crops = draw_crops(self.sizes, indices, self.rule, epoch)
+        out: dict[str, Any] = {
+            "encoded": self.encoded(indices),
+            "anchor": np.ascontiguousarray(crops.pixels[:, :2]),
+            "shape": np.ascontiguousarray(crops.pixels[:, 2:]),
+            "mirror": crops.flips.astype(np.int32),
+            "boxes": crops.boxes.astype(np.float32),
+            "indices": indices,
+        }
+        if self.has_map:
+            out["roi_start"], out["roi_end"] = crops.map_roi()
+            out["map"] = self.beton.ndarrays(self.names.map, indices)
+        out["labels"] = self.labels(indices)
+        if self.has_points:
+            out["points"], out["weights"] = self.points(indices, crops)
+        return out
+
+    def encoded(self, indices: np.ndarray) -> list[np.ndarray]:
+        """Per sample, its JPEG stream (a view of the file) or its raw pixels as a PPM."""
+        data, im = self.beton.data, self.images
+        out = []
+        for i in indices.tolist():
+            region = data[im.ptr[i] : im.ptr[i] + im.nbytes[i]]
+            out.append(_ppm(region, im.width[i], im.height[i]) if im.mode[i] == RAW_MODE else region)
+        return out
+
+    def labels(self, indices: np.ndarray) -> np.ndarray:
+        if self.beton.is_scalar(self.names.label):
+            return self.beton.scalars(self.names.label, indices).astype(self._label_dtype())
+        return self.beton.ndarrays(self.names.label, indices)
+
+    def points(self, indices: np.ndarray, crops: Crops) -> tuple[np.ndarray, np.ndarray]:
+        """(N, K, 2) crop-coordinate targets and (N, K) weights, float32 (FFCV's rule)."""
+        stored = self.beton.ndarrays(self.names.point, indices)
+        stored = stored.reshape(len(indices), -1, 2)
+        rows = np.empty((*stored.shape[:2], 3), np.float32)
+        _transform_batch_points(stored, crops.boxes, crops.flips, rows)
+        return np.ascontiguousarray(rows[..., :2]), np.ascontiguousarray(rows[..., 2])
+
+
+# ---------------------------------------------------------------- the pipeline
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """What the DALI graph produces. Sizes are (H, W)."""
+
+    image_size: tuple[int, int] = (224, 224)
+    map_size: tuple[int, int] = (14, 14)
+    normalize: bool = False
+    half: bool = False  # normalised images as float16
+    map_scale: float | None = None  # None: 1/255 for uint8 maps, else 1 (as the FFCV loader)
+    hw_decoder_load: float = 0.65
+    decoder_options: dict[str, Any] = field(default_factory=dict)
+
+
+@pipeline_def(enable_conditionals=False)
+def _graph(source: BetonBatchSource, options: GraphOptions, gpu: bool):
+    nodes = dict(
+        zip(source.outputs, fn.external_source(
+            source=source, num_outputs=len(source.outputs), batch=True,
+            dtype=source.dtypes, layout=source.layouts,
+        ), strict=True)
+    )  # fmt: skip
+    outputs = {"images": _images(nodes, options, gpu)}
+    if source.has_map:
+        outputs["maps"] = _maps(nodes, options, source, gpu)
+    for name in ("boxes", "mirror", "labels", "points", "weights", "indices"):
+        if name in nodes:
+            outputs[name] = nodes[name].gpu() if gpu else nodes[name]
+    return tuple(outputs.values())
+
+
+def _images(nodes: dict[str, Any], options: GraphOptions, gpu: bool) -> Any:
+    """Decode the window only, resize it, mirror it (and normalise): (N, H, W, 3) HWC."""
+    decoder_args = dict(options.decoder_options)
+    if gpu:
+        decoder_args.setdefault("hw_decoder_load", options.hw_decoder_load)
+    images = fn.decoders.image_slice(
+        nodes["encoded"], nodes["anchor"], nodes["shape"], device="mixed" if gpu else "cpu",
+        normalized_anchor=False, normalized_shape=False, axis_names="WH",
+        output_type=types.RGB, **decoder_args,
+    )  # fmt: skip
+    # linear + antialias: a triangle filter as wide as the scale when shrinking (FFCV uses
+    # OpenCV's INTER_AREA box filter; the two differ by a few grey levels on edges)
+    images = fn.resize(images, size=list(options.image_size), antialias=True)
+    if not options.normalize:
+        mean, std, dtype = [0.0] * 3, [1.0] * 3, types.UINT8
+    else:
+        mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+        dtype = types.FLOAT16 if options.half else types.FLOAT
+    return fn.crop_mirror_normalize(
+        images, mirror=nodes["mirror"], mean=mean, std=std, dtype=dtype, output_layout="HWC"
+    )
+
+
+def _maps(nodes: dict[str, Any], options: GraphOptions, source: BetonBatchSource, gpu: bool):
+    """Crop + flip + resample the whole-image map in one resize: (N, C, Ho, Wo) float32."""
+    amap = nodes["map"].gpu() if gpu else nodes["map"]
+    resized = fn.resize(
+        amap, size=list(options.map_size), roi_start=nodes["roi_start"],
+        roi_end=nodes["roi_end"], roi_relative=True, antialias=True, dtype=types.FLOAT,
+    )  # fmt: skip
+    scale = options.map_scale
+    if scale is None:
+        stored = source.beton.ndarray_field(source.names.map).dtype
+        scale = 1.0 / 255.0 if stored == np.uint8 else 1.0
+    return resized * scale if scale != 1.0 else resized
+
+
+# ---------------------------------------------------------------- the loader
+
+
+class DaliLoader:
+    """Iterable of :class:`Batch` over a .beton, one DALI pipeline per loader.
+
+    Epochs follow the FFCV loader: ``train`` shuffles with NumPy's ``default_rng(seed +
+    epoch)`` (one shard) or torch's ``DistributedSampler`` (``num_shards`` > 1, padded to equal
+    shards), so with the same seed both loaders visit the same samples in the same batches;
+    ``drop_last`` drops the last partial batch, otherwise it comes out smaller. ``len()`` is the
+    number of batches per epoch; ``set_epoch`` chooses the epoch the next ``iter()`` runs.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        batch_size: int,
+        *,
+        rule: CropRule = CropRule(),
+        options: GraphOptions = GraphOptions(),
+        names: FieldNames = FieldNames(),
+        shard_id: int = 0,
+        num_shards: int = 1,
+        shuffle: bool | None = None,
+        drop_last: bool | None = None,
+        indices: Sequence[int] | None = None,
+        device_id: int | None = None,
+        num_threads: int | None = None,
+        prefetch_queue_depth: int = 2,
+    ) -> None:
+        if not 0 <= shard_id < num_shards:
+            raise ValueError(f"shard_id {shard_id} out of range for {num_shards} shards")
+        self.beton = BetonFile(path)
+        self.batch_size, self.rule, self.options = int(batch_size), rule, options
+        self.shard_id, self.num_shards = int(shard_id), int(num_shards)
+        self.shuffle = rule.train if shuffle is None else bool(shuffle)
+        self.drop_last = rule.train if drop_last is None else bool(drop_last)
+        n = self.beton.num_samples
+        self.indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices)
+        self.device = None if device_id is None else torch.device("cuda", device_id)
+        self.source = BetonBatchSource(self.beton, rule, names)
+        self._squeeze_points = self.source.has_points and (
+            self.beton.ndarray_field(names.point).shape == (2,)
+        )
+        self.pipe = _graph(
+            self.source, options, device_id is not None, batch_size=self.batch_size,
+            num_threads=num_threads or _available_cores(), device_id=device_id,
+            prefetch_queue_depth=prefetch_queue_depth, seed=rule.seed,
+        )  # fmt: skip
+        self.pipe.build()
+        self._next_epoch = 0
+        self._live: object | None = None  # token of the epoch the pipeline is running
+
+    # ------------------------------------------------ epochs
+
+    def __len__(self) -> int:
+        per_shard = math.ceil(len(self.indices) / self.num_shards)
+        if self.drop_last:
+            return per_shard // self.batch_size
+        return math.ceil(per_shard / self.batch_size)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next ``iter()`` will run."""
+        return self._next_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Resume at ``epoch``: its order and crops are those of an uninterrupted run."""
+        self._next_epoch = int(epoch)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The sample indices this shard visits in ``epoch``, already cut to ``len(self)``
+        batches (FFCV's traversal orders, so the two loaders visit the same samples)."""
+        if self.num_shards > 1:
+            sampler = DistributedSampler(
+                self.indices, num_replicas=self.num_shards, rank=self.shard_id,
+                shuffle=self.shuffle, seed=self.rule.seed, drop_last=False,
+            )  # fmt: skip
+            sampler.set_epoch(epoch)
+            order = self.indices[np.fromiter(sampler, np.int64)]
+        elif self.shuffle:
+            order = np.random.default_rng(self.rule.seed + epoch).permutation(self.indices)
+        else:
+            order = self.indices
+        return np.asarray(order[: len(self) * self.batch_size], np.int64)
+
+    def __iter__(self) -> Iterator[Batch]:
+        self._retire_live_epoch()
+        epoch = self._next_epoch
+        self._next_epoch += 1
+        order = self.epoch_order(epoch)
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        self.source.start_epoch(epoch, batches)
+        token = self._live = object()
+        return self._run(token)
+
+    def _run(self, token: object) -> Iterator[Batch]:
+        while self._live is token:  # a later iter() retires this epoch
+            try:
+                outputs = self.pipe.run()
+            except StopIteration:
+                self.pipe.reset()
+                self._live = None
+                return
+            yield self._assemble(outputs)
+
+    def _retire_live_epoch(self) -> None:
+        """An abandoned epoch still has batches queued in the pipeline: stop the source, run
+        out what was prefetched, and reset, so the next epoch starts clean."""
+        if self._live is None:
+            return
+        self._live = None
+        self.source.stop()
+        while True:
+            try:
+                self.pipe.run()
+            except StopIteration:
+                break
+        self.pipe.reset()
+
+    # ------------------------------------------------ outputs
+
+    def _assemble(self, outputs: Sequence[Any]) -> Batch:
+        names = ["images", *(["maps"] if self.source.has_map else [])]
+        names += [n for n in ("boxes", "mirror", "labels", "points", "weights", "indices")
+                  if n in self.source.outputs]  # fmt: skip
+        out = {name: self._to_torch(tl) for name, tl in zip(names, outputs, strict=True)}
+        points, weights = out.get("points"), out.get("weights")
+        if self._squeeze_points:
+            points, weights = points[:, 0], weights[:, 0]
+        return Batch(
+            images=out["images"].permute(0, 3, 1, 2),  # NHWC memory: channels-last NCHW
+            labels=out["labels"],
+            boxes=out["boxes"],
+            flips=out["mirror"] != 0,
+            maps=out.get("maps"),
+            points=points,
+            point_weights=weights,
+            indices=out["indices"],
+        )
+
+    def _to_torch(self, tensor_list: Any) -> torch.Tensor:
+        """A fresh torch tensor with a copy of a dense DALI batch (on the loader's device)."""
+        dense = tensor_list.as_tensor()
+        out = torch.empty(dense.shape(), dtype=to_torch_type[dense.dtype], device=self.device)
+        stream = None if self.device is None else torch.cuda.current_stream(self.device)
+        feed_ndarray(dense, out, cuda_stream=stream)
+        return out
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def make_dali_loader(
+    path: str | Path,
+    batch_size: int,
+    *,
+    train: bool = True,
+    image_size: int | tuple[int, int] = 224,
+    map_size: int | tuple[int, int] = 14,
+    seed: int = 0,
+    shard_id: int = 0,
+    num_shards: int = 1,
+    device_id: int | None = None,
+    drop_last: bool | None = None,
+    num_threads: int | None = None,
+    normalize: bool = False,
+    half: bool = False,
+    hw_decoder_load: float = 0.65,
+    scale: tuple[float, float] = geo.DEFAULT_SCALE,
+    ratio: tuple[float, float] = geo.DEFAULT_RATIO,
+    flip_p: float = 0.5,
+    center_ratio: float = geo.DEFAULT_CENTER_RATIO,
+    names: FieldNames = FieldNames(),
+    **loader_options: Any,
+) -> DaliLoader:
+    """The DALI loader with the FFCV loader's knobs. ``train``: RandomResizedCrop + flip from
+    (seed, epoch, index), shuffled, last partial batch dropped (unless ``drop_last`` says
+    otherwise); else resize + center crop, sequential, nothing dropped. Sizes are (H, W) or an
+    int for a square. ``device_id=None``: CPU only; an int: GPU decoding on that device.
+    ``loader_options``: ``shuffle``, ``indices``, ``prefetch_queue_depth`` of DaliLoader."""
+    rule = CropRule(train, seed, scale, ratio, flip_p, center_ratio)
+    options = GraphOptions(
+        image_size=_pair(image_size), map_size=_pair(map_size), normalize=normalize,
+        half=half, hw_decoder_load=hw_decoder_load,
+    )  # fmt: skip
+    return DaliLoader(
+        path, batch_size, rule=rule, options=options, names=names, shard_id=shard_id,
+        num_shards=num_shards, drop_last=drop_last, device_id=device_id,
+        num_threads=num_threads, **loader_options,
+    )  # fmt: skip
