@@ -231,7 +231,9 @@ class BetonBatchSource:
         out = []
         for i in indices.tolist():
             region = data[im.ptr[i] : im.ptr[i] + im.nbytes[i]]
-            out.append(_ppm(region, im.width[i], im.height[i]) if im.mode[i] == RAW_MODE else region)
+            if im.mode[i] == RAW_MODE:
+                region = _ppm(region, im.width[i], im.height[i])
+            out.append(region)
         return out
 
     def labels(self, indices: np.ndarray) -> np.ndarray:

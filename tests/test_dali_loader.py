@@ -1,0 +1,292 @@
+"""The DALI loader (CPU-only mode) keeps image, map and point aligned under one crop and flip,
+and agrees with the FFCV loader on the same .beton sample by sample.
+
+The .beton holds synthetic images with a bright marker at a known point and a map peaked there,
+half of them JPEG and half raw (FFCV's 'proportion' mode), so both decoder routes are covered.
+Every test that iterates a loader carries a timeout (an FFCV stage can hang instead of raising).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nvidia.dali")
+pytest.importorskip("ffcv")
+
+from ffcv.fields import IntField, NDArrayField, RGBImageField  # noqa: E402
+from ffcv.writer import DatasetWriter  # noqa: E402
+
+from luab_data import geometry as geo  # noqa: E402
+from luab_data.loaders.alignment import (  # noqa: E402
+    map_peak,
+    marked_sample,
+    marker_clear_of_edges,
+    marker_position,
+)
+from luab_data.loaders.beton_reader import JPEG_MODE, RAW_MODE, BetonFile  # noqa: E402
+from luab_data.loaders.dali_loader import (  # noqa: E402
+    BetonBatchSource,
+    CropRule,
+    make_dali_loader,
+)
+from luab_data.loaders.ffcv_loader import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CoupledLoader,
+    FieldNames,
+)
+
+N_SAMPLES = 128
+ABSENT_EVERY = 9
+MAP_SHAPE = (48, 64)
+IMAGE_HW = (48, 64)  # non-square outputs, so that a swapped axis cannot pass
+MAP_HW = (12, 16)
+SEED = 11
+CPU = {"device_id": None, "num_threads": 2}
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <finalize object:pytest.PytestUnraisableExceptionWarning"
+)
+
+
+class _Marked:
+    def __init__(self, n: int) -> None:
+        self.samples = [marked_sample(i, MAP_SHAPE, absent_every=ABSENT_EVERY) for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        s = self.samples[i]
+        return s.image, s.label, s.amap, s.point, _many_points(s)
+
+
+def _many_points(sample) -> np.ndarray:
+    """A (K, 2) point field (COCO-AB style): the marker, an absent point, the centre."""
+    return np.stack([sample.point, [-1.0, -1.0], [0.5, 0.5]]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("beton") / "marked.beton"
+    data = _Marked(N_SAMPLES)
+    np.random.seed(0)  # FFCV's 'proportion' mode draws raw vs JPEG from NumPy's generator
+    fields = {
+        "image": RGBImageField(write_mode="proportion", compress_probability=0.5, jpeg_quality=95),
+        "label": IntField(),
+        "map": NDArrayField(np.dtype("uint8"), (2, *MAP_SHAPE)),
+        "point": NDArrayField(np.dtype("float32"), (2,)),
+        "points": NDArrayField(np.dtype("float32"), (3, 2)),
+    }
+    DatasetWriter(str(path), fields, num_workers=1).from_indexed_dataset(data)
+    return path, data.samples
+
+
+def _numpy(batch) -> dict[str, np.ndarray]:
+    out = {k: v.detach().cpu().numpy() for k, v in batch._asdict().items() if v is not None}
+    out["images"] = out["images"].transpose(0, 2, 3, 1)
+    return out
+
+
+def _check_contract(b, i, sample, size, epoch, train=True) -> None:
+    """Reported crop = geometry's crop; point target = geometry's transform of the point."""
+    _, box, flip = geo.crop_box(*size, SEED, epoch, int(b["indices"][i]), train=train)
+    np.testing.assert_allclose(b["boxes"][i], box, rtol=0, atol=1e-6)
+    assert bool(b["flips"][i]) == flip
+    target, weight = geo.transform_points(sample.point, box, flip)
+    assert b["point_weights"][i] == weight[0]
+    np.testing.assert_allclose(b["points"][i], target[0], atol=1e-5)
+    ramp = b["maps"][i, 1]  # channel 1 rises along x: it must fall when mirrored
+    assert (ramp[:, -1].mean() < ramp[:, 0].mean()) == flip
+
+
+def _errors(b, i, sample, size) -> tuple[float | None, float]:
+    """(marker-to-target px, None when the blob is clipped; map-peak-to-target cells)."""
+    target = b["points"][i]
+    marker = None
+    if marker_clear_of_edges(sample.point, b["boxes"][i], size):
+        found = marker_position(b["images"][i])
+        want = geo.target_to_pixel(target, IMAGE_HW)
+        marker = np.inf if found is None else float(np.hypot(*(found - want)))
+    peak = map_peak(b["maps"][i, 0])
+    return marker, float(np.abs(peak - geo.target_to_pixel(target, MAP_HW)).max())
+
+
+def test_beton_reader_round_trip(dataset):
+    path, samples = dataset
+    beton = BetonFile(path)
+    images = beton.images("image")
+    assert set(images.mode.tolist()) == {JPEG_MODE, RAW_MODE}
+    assert np.array_equal(images.sizes, [s.image.shape[1::-1] for s in samples])
+    every = np.arange(N_SAMPLES)
+    assert np.array_equal(beton.ndarrays("map", every), np.stack([s.amap for s in samples]))
+    assert np.array_equal(beton.ndarrays("point", every), np.stack([s.point for s in samples]))
+    assert np.array_equal(beton.scalars("label", every), [s.label for s in samples])
+    for i in range(8):
+        region = beton.data[images.ptr[i] : images.ptr[i] + images.nbytes[i]]
+        if images.mode[i] == RAW_MODE:
+            assert np.array_equal(region, samples[i].image.reshape(-1))
+        else:  # a whole JPEG stream: SOI ... EOI
+            assert bytes(region[:2]) == b"\xff\xd8" and bytes(region[-2:]) == b"\xff\xd9"
+
+
+@pytest.mark.timeout(120)
+def test_train_alignment_over_many_augmentations(dataset):
+    _, samples = dataset
+    loader = make_dali_loader(
+        dataset[0], 64, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED, **CPU
+    )
+    sizes = loader.source.sizes
+    marker_err, map_err, seen, boxes = [], [], 0, {}
+    for epoch in range(20):  # 20 x 128 = 2560 augmentations
+        assert loader.epoch == epoch
+        for batch in loader:
+            assert batch.images.dtype == torch.uint8
+            assert batch.images.is_contiguous(memory_format=torch.channels_last)
+            b = _numpy(batch)
+            assert b["images"].shape == (64, *IMAGE_HW, 3) and b["maps"].shape == (64, 2, *MAP_HW)
+            for i, index in enumerate(b["indices"]):
+                s, size = samples[index], tuple(sizes[index])
+                assert b["labels"][i] == s.label
+                _check_contract(b, i, s, size, epoch)
+                boxes[epoch, int(index)] = b["boxes"][i]
+                seen += 1
+                if b["point_weights"][i] == 1.0:
+                    marker, cells = _errors(b, i, s, size)
+                    map_err.append(cells)
+                    if marker is not None:
+                        marker_err.append(marker)
+    assert seen == 2560 and len(marker_err) >= 1000
+    assert max(marker_err) <= 1.0, np.sort(marker_err)[-5:]
+    assert max(map_err) <= 1.0, np.sort(map_err)[-5:]
+    differ = [not np.array_equal(boxes[0, i], boxes[1, i]) for i in range(64)]
+    assert np.mean(differ) > 0.9  # a new crop every epoch
+
+    # abandon an epoch after one batch, then replay epoch 3: the crops of the first time
+    next(iter(loader))
+    loader.set_epoch(3)
+    replayed = 0
+    for batch in loader:
+        b = _numpy(batch)
+        for i, index in enumerate(b["indices"]):
+            np.testing.assert_array_equal(b["boxes"][i], boxes[3, int(index)])
+            replayed += 1
+    assert replayed == N_SAMPLES
+
+
+@pytest.mark.timeout(60)
+def test_decoupled_crops_fail_the_check(dataset):
+    """Control: the same pipeline, but maps and points get the crops of another seed."""
+    path, samples = dataset
+    loader = make_dali_loader(path, 64, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED, **CPU)
+    source = loader.source
+    other = BetonBatchSource(source.beton, CropRule(seed=SEED + 1), source.names)
+    coupled = source.batch
+
+    def decoupled(indices, epoch):
+        out, wrong = coupled(indices, epoch), other.batch(indices, epoch)
+        for name in ("roi_start", "roi_end", "points", "weights"):
+            out[name] = wrong[name]
+        return out
+
+    source.batch = decoupled
+    marker_fail, map_fail = [], []
+    for batch in loader:
+        b = _numpy(batch)
+        for i, index in enumerate(b["indices"]):
+            s = samples[index]
+            if b["point_weights"][i] == 0 or not marker_clear_of_edges(
+                s.point, b["boxes"][i], s.image.shape[1::-1]
+            ):
+                continue
+            found = marker_position(b["images"][i])
+            want = geo.target_to_pixel(b["points"][i], IMAGE_HW)
+            marker_fail.append(found is None or np.hypot(*(found - want)) > 1.0)
+            if found is not None:  # the map followed the wrong crop too
+                peak = map_peak(b["maps"][i, 0]) / np.array(MAP_HW[::-1])
+                map_fail.append(np.abs(peak - found / np.array(IMAGE_HW[::-1])).max() > 0.1)
+    assert len(marker_fail) >= 20
+    assert np.mean(marker_fail) > 0.5
+    assert np.mean(map_fail) > 0.5
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("train", [True, False], ids=["train", "validation"])
+def test_dali_and_ffcv_agree_on_every_sample(dataset, train):
+    """Same file, seed and batch size: the same samples in the same batches, identical boxes,
+    flips, labels and points, maps equal to float rounding, images within a few grey levels
+    (libjpeg-turbo in both, but DALI's antialiased linear resize vs OpenCV's INTER_AREA)."""
+    path, _ = dataset
+    common = {"image_size": IMAGE_HW, "map_size": MAP_HW, "seed": SEED, "train": train}
+    dali = make_dali_loader(path, 48, **common, **CPU)
+    ffcv = CoupledLoader(path, 48, num_workers=2, **common)
+    assert len(dali) == len(ffcv) == (2 if train else 3)  # drop_last when training only
+    for epoch in range(2):
+        image_diff, n_batches = [], 0
+        for got, want in zip(dali, ffcv, strict=True):
+            n_batches += 1
+            assert torch.equal(got.indices, want.indices)
+            assert torch.equal(got.labels, want.labels)
+            assert torch.equal(got.boxes, want.boxes) and torch.equal(got.flips, want.flips)
+            assert torch.equal(got.points, want.points)
+            assert torch.equal(got.point_weights, want.point_weights)
+            assert got.maps.dtype == want.maps.dtype == torch.float32
+            torch.testing.assert_close(got.maps, want.maps, rtol=0, atol=1e-4)
+            image_diff.append((got.images.float() - want.images.float()).abs().flatten(1))
+        assert n_batches == len(dali) and dali.epoch == ffcv.epoch == epoch + 1
+        diff = torch.cat(image_diff)
+        assert diff.mean() < 2.0 and diff.mean(1).max() < 3.0, diff.mean(1).max()
+        assert diff.quantile(0.99) <= 8.0
+
+
+@pytest.mark.timeout(60)
+def test_validation_normalised_many_points(dataset):
+    """Centre crop, no flip, float normalised channels-last images, a (K, 2) point field;
+    sequential order and a smaller last batch (nothing dropped)."""
+    path, samples = dataset
+    common = {"train": False, "image_size": IMAGE_HW, "map_size": MAP_HW, "seed": SEED}
+    loader = make_dali_loader(
+        path, 50, normalize=True, names=FieldNames(point="points"), **common, **CPU
+    )
+    plain = make_dali_loader(path, 50, **common, **CPU)
+    mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
+    indices, sizes = [], loader.source.sizes
+    for batch, ref in zip(loader, plain, strict=True):
+        assert batch.images.dtype == torch.float32
+        assert batch.images.is_contiguous(memory_format=torch.channels_last)
+        assert batch.points.shape == (len(batch.indices), 3, 2)
+        b = _numpy(batch)
+        np.testing.assert_allclose(b["images"] * std + mean, _numpy(ref)["images"], atol=0.01)
+        assert not b["flips"].any()
+        assert (b["point_weights"][:, 1:] == [0.0, 1.0]).all()  # absent; centre always inside
+        b["points"], b["point_weights"] = b["points"][:, 0], b["point_weights"][:, 0]
+        for i, index in enumerate(b["indices"]):
+            s, size = samples[index], tuple(sizes[index])
+            _check_contract(b, i, s, size, epoch=0, train=False)
+        indices.extend(b["indices"].tolist())
+    assert indices == list(range(N_SAMPLES))
+    assert len(loader) == 3
+
+
+@pytest.mark.timeout(60)
+def test_shards_partition_each_epoch(dataset):
+    """DDP: shards are disjoint, cover the file (padded to equal length, as FFCV's
+    DistributedSampler), have equal len(), and reshuffle per epoch with the same seed."""
+    path, _ = dataset
+    loaders = [
+        make_dali_loader(path, 16, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED,
+                         shard_id=r, num_shards=3, drop_last=False, **CPU)
+        for r in range(3)
+    ]  # fmt: skip
+    assert {len(ld) for ld in loaders} == {3}  # ceil(128 / 3) = 43 samples: 16 + 16 + 11
+    orders = [[ld.epoch_order(e) for ld in loaders] for e in range(2)]
+    for per_shard in orders:
+        seen = np.concatenate(per_shard)
+        assert len(seen) == 3 * 43 and set(seen.tolist()) == set(range(N_SAMPLES))
+    assert not np.array_equal(orders[0][0], orders[1][0])
+    got = np.concatenate([b.indices.numpy() for b in loaders[1]])
+    assert np.array_equal(got, orders[0][1])
+    with pytest.raises(ValueError):
+        make_dali_loader(path, 16, shard_id=3, num_shards=3, **CPU)
