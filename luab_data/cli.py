@@ -15,6 +15,12 @@ from luab_data.sources.interchange import write_interchange
 from luab_data.sources.sharding import parse_shard
 from luab_data.stats import collect, format_summary
 from luab_data.writers.atomic import atomic_path
+from luab_data.writers.beton_cli import (
+    beton_build_options,
+    load_recipe,
+    output_format,
+    run_beton_build,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -89,15 +95,18 @@ def _fail(err: Exception) -> None:
     "--with-images", is_flag=True, help="Store the JPEG bytes in the output (needs --images)."
 )
 @click.option(
-    "--out", required=True, type=click.Path(file_okay=False), help="Output folder (created)."
+    "--out",
+    required=True,
+    type=click.Path(),
+    help="Output folder (Parquet, created) or X.beton file (FFCV).",
 )
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["parquet"]),
-    default="parquet",
-    show_default=True,
-    help="Output format.",
+    type=click.Choice(["parquet", "beton"]),
+    default=None,
+    help="Output format  [default: beton if --out ends in .beton, else the recipe's, "
+    "else parquet]",
 )
 @click.option(
     "--shard",
@@ -110,16 +119,35 @@ def _fail(err: Exception) -> None:
 )
 @click.option("--overwrite", is_flag=True, help="Rebuild a shard that is already complete.")
 @click.option("--rows-per-file", default=250_000, show_default=True, help="Rotate Parquet parts.")
-@click.option("--workers", type=int, default=None, help="Parser threads (default: all cores).")
+@click.option("--workers", type=int, default=None,
+              help="Parser threads; .beton: writer processes (default: all cores).")
+@beton_build_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def build(src, kind, classes_file, coco_policy, images, with_images, out, fmt, shard, strict,
-          overwrite, rows_per_file, workers, quiet):  # fmt: skip
-    """Read a release (or records) and write canonical records as Parquet shards.
+@click.pass_context
+def build(ctx, src, kind, classes_file, coco_policy, images, with_images, out, fmt, shard, strict,
+          overwrite, rows_per_file, workers, quiet, **beton):  # fmt: skip
+    """Read a release (or records) and write canonical records as Parquet shards, or pack
+    images and byproducts into an FFCV .beton (--out X.beton, with --images).
 
-    Bad records are written to rejects-<shard>.jsonl with their key and reason and counted in
-    the summary; every good record is kept. Output appears atomically: a shard is complete
-    when its manifest-<shard>.json exists.
+    Bad records are written to rejects-<shard>.jsonl (X.beton.rejects.jsonl) with their key
+    and reason and counted in the summary; every good record is kept. Output appears
+    atomically: a shard is complete when its manifest-<shard>.json (X.beton.json) exists.
     """
+    try:
+        recipe = load_recipe(beton["recipe"]) if beton["recipe"] else {}
+    except ValueError as err:
+        _fail(err)
+    fmt = fmt or output_format(out, recipe)
+    if fmt == "beton":
+        if ctx.get_parameter_source("coco_policy").name == "DEFAULT":
+            coco_policy = recipe.get("build", {}).get("coco_policy", coco_policy)
+        try:
+            summary = run_beton_build(src, kind, classes_file, coco_policy, images, out, shard,
+                                      strict, overwrite, workers, quiet, recipe, beton)
+        except (SourceError, StrictError, FileExistsError, ValueError) as err:
+            _fail(err)
+        click.echo("\n".join(summary.lines()))
+        return
     try:
         shard_ = parse_shard(shard)
         source = _open(src, kind, classes_file, coco_policy, images=images,
@@ -202,5 +230,9 @@ def inspect_cmd(path, kind, as_json, quiet):
 
 # Sub-commands live beside the stage they drive; each module registers one command here.
 from luab_data.sample.cli import sample  # noqa: E402
+from luab_data.show import show  # noqa: E402
+from luab_data.verify import verify  # noqa: E402
 
 main.add_command(sample)
+main.add_command(show)
+main.add_command(verify)

@@ -8,6 +8,7 @@ loader, `verify`, `show`, the tests and the DALI bridge read samples this way.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -86,3 +87,16 @@ class BetonFile:
         if bgr is None or bgr.shape[:2] != (height, width):
             raise ValueError(f"{self.path}: sample {index}: undecodable image")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def field_names(path: str | Path) -> Any:
+    """The loaders' FieldNames for a .beton written by luab-data (COCO-AB's label field is
+    the multi-hot `labels`; a build without byproducts has no map or point)."""
+    from luab_data.loaders.ffcv_loader import FieldNames
+
+    handlers = Reader(str(path)).handlers
+    return FieldNames(
+        label="labels" if "labels" in handlers else "label",
+        map="map" if "map" in handlers else None,
+        point="point" if "point" in handlers else None,
+    )

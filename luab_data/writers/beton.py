@@ -38,8 +38,6 @@ from typing import Any
 import cv2
 import numpy as np
 import pyarrow as pa
-from ffcv.fields import IntField, NDArrayField, RGBImageField
-from ffcv.writer import DatasetWriter
 
 from luab_data import __version__
 from luab_data.build import StrictError, Summary, iterate
@@ -141,6 +139,8 @@ def label_width(metadata: dict) -> int:
 
 def make_fields(options: BetonOptions, n_labels: int) -> dict[str, Any]:
     """The FFCV fields of a file, in their order (see the module docstring)."""
+    from ffcv.fields import IntField, NDArrayField, RGBImageField  # 5 s: not at CLI start
+
     image = RGBImageField(write_mode=options.write_mode, max_resolution=options.max_resolution,
                           jpeg_quality=options.jpeg_quality,
                           compress_probability=options.compress_probability)  # fmt: skip
@@ -164,7 +164,7 @@ def describe_fields(fields_: dict[str, Any], options: BetonOptions, classes: lis
     out = {}
     for name, f in fields_.items():
         entry: dict[str, Any] = {"type": type(f).__name__}
-        if isinstance(f, NDArrayField):
+        if hasattr(f, "shape"):  # NDArrayField
             entry.update(dtype=str(f.dtype), shape=[int(s) for s in f.shape])
         out[name] = entry
     if MAP in out:
@@ -308,7 +308,7 @@ class PackSamples:
     def placeholder(self, index: int) -> tuple:
         values = {IMAGE: np.zeros((8, 8, 3), np.uint8), INDEX: self.position[index]}
         for name, f in self.fields.items():
-            if isinstance(f, NDArrayField):
+            if hasattr(f, "shape"):  # NDArrayField
                 values[name] = np.zeros(f.shape, f.dtype)
         values.setdefault(LABEL, 0)
         return tuple(values[name] for name in self.fields)
@@ -410,6 +410,8 @@ def _ffcv_progress(show: bool, desc: str) -> Iterator[None]:
 
 def write_samples(dataset: PackSamples, path: Path, keep: np.ndarray, workers: int,
                   show_progress: bool) -> None:  # fmt: skip
+    from ffcv.writer import DatasetWriter
+
     writer = DatasetWriter(str(path), dataset.fields, page_size=dataset.options.page_size,
                            num_workers=workers)  # fmt: skip
     with _ffcv_progress(show_progress, "pack"), child_watchdog():

@@ -1,0 +1,69 @@
+"""Named, versioned recipes (pipelines/*.json): build and loader settings per dataset.
+
+A recipe is a JSON object with `build` (what `luab-data build --recipe` uses as defaults;
+options given on the command line win) and `loader` (keyword arguments of the loaders).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from luab_data.raster import RasterConfig
+from luab_data.writers.beton import BetonOptions
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "pipelines"
+# build keys that are not BetonOptions fields
+_RASTER_KEYS = {"map_size": "size", "sigma": "sigma", "sigma_units": "sigma_units",
+                "channels": "channels", "selected_only": "selected_only"}  # fmt: skip
+_SOURCE_KEYS = ("format", "coco_policy", "per_class_maps")
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
+
+
+def load_recipe(name_or_path: str | Path) -> dict:
+    """A recipe by file path, or by name from pipelines/ (`imagenet-ab`, `coco-ab`, `sample`)."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = RECIPES_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        raise ValueError(f"no recipe {name_or_path!r}: use a .json path or one of "
+                         f"{', '.join(recipe_names())}")  # fmt: skip
+    recipe = json.loads(path.read_text())
+    unknown = set(recipe.get("build", {})) - set(_RASTER_KEYS) - set(_SOURCE_KEYS) - _option_names()
+    if unknown:
+        raise ValueError(f"{path}: unknown build settings {sorted(unknown)}")
+    return recipe
+
+
+def _option_names() -> set[str]:
+    return set(BetonOptions.__dataclass_fields__) - {"raster"}
+
+
+def beton_options(build: dict[str, Any], n_classes: int = 0) -> BetonOptions:
+    """BetonOptions from a recipe's `build` section (merged with command-line overrides).
+    `per_class_maps` widens the click channel to one per class (`n_classes`, COCO's 80)."""
+    raster = {dst: build[src] for src, dst in _RASTER_KEYS.items() if build.get(src) is not None}
+    for key in ("size", "channels"):
+        if key in raster:
+            raster[key] = tuple(raster[key])
+    cfg = RasterConfig(**raster)
+    if build.get("per_class_maps"):
+        cfg = replace(cfg, n_classes=n_classes)
+    options = {k: v for k, v in build.items() if k in _option_names() and v is not None}
+    return BetonOptions(raster=cfg, **options)
+
+
+def loader_kwargs(recipe: dict, train: bool = True) -> dict[str, Any]:
+    """Keyword arguments for CoupledLoader / ReferenceLoader from a recipe's `loader`
+    section (`order` becomes FFCV's OrderOption where FFCV is used)."""
+    kwargs = dict(recipe.get("loader", {}))
+    for key in ("scale", "ratio", "map_size"):
+        if key in kwargs:
+            kwargs[key] = tuple(kwargs[key])
+    kwargs["train"] = train
+    return kwargs

@@ -1,0 +1,211 @@
+"""`luab-data verify X.beton --src ...`: read every sample back and check it against the source.
+
+The records are read again from the source with the build's options (class list, COCO policy,
+shard, from the manifest), the maps re-rasterised and the fixed arrays recomputed with the
+build's raster settings, and each compared with the file: maps bit-exact, points and traces
+exact, labels, original sizes and sample indices equal, keys in the manifest's order. Source
+records absent from the file must be listed in its rejects file. With the image folder, each
+stored image's size must be FFCV's resize of the source JPEG's size (and with
+``decode_images`` every stored image must decode).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+import pyarrow as pa
+
+MAX_LISTED = 20
+
+
+@dataclass
+class Report:
+    samples: int = 0
+    checked: int = 0
+    mismatches: list[tuple[str, str, str]] = field(default_factory=list)  # key, field, detail
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches and self.checked == self.samples
+
+    def add(self, key: str, name: str, detail: str) -> None:
+        self.mismatches.append((key, name, detail))
+
+    def lines(self) -> list[str]:
+        out = [f"samples {self.samples:,}, checked {self.checked:,}, "
+               f"mismatches {len(self.mismatches):,}"]  # fmt: skip
+        out += [f"  {k} {name}: {detail}" for k, name, detail in self.mismatches[:MAX_LISTED]]
+        if len(self.mismatches) > MAX_LISTED:
+            out.append(f"  ... and {len(self.mismatches) - MAX_LISTED:,} more")
+        return out + [f"note: {n}" for n in self.notes]
+
+
+def _open_source(src: str | Path, manifest: dict):
+    from luab_data.sources import open_source
+
+    meta = manifest["metadata"]
+    classes = meta.get("classes") if meta.get("source_kind") == "imagenet-ab" else None
+    options = {"coco_policy": meta["coco_policy"]} if "coco_policy" in meta else {}
+    return open_source(src, classes=classes, **options)
+
+
+def _kept_rows(batch: pa.RecordBatch, positions: dict[str, int]) -> tuple[pa.RecordBatch, list]:
+    keys = batch.column("key").to_pylist()
+    mask = [k in positions for k in keys]
+    kept = [positions[k] for k, m in zip(keys, mask, strict=True) if m]
+    return batch.filter(pa.array(mask)), kept
+
+
+def _compare(report: Report, keys: list[str], name: str, want: np.ndarray, got: np.ndarray):
+    """Row-wise exact comparison of two stacked arrays."""
+    diff = (want != got).reshape(len(want), -1).any(axis=1)
+    for r in np.flatnonzero(diff):
+        detail = _difference(want[r], got[r])
+        report.add(keys[r], name, detail)
+
+
+def _difference(want: np.ndarray, got: np.ndarray) -> str:
+    if want.size <= 4:
+        return f"expected {want.tolist()}, file has {got.tolist()}"
+    bad = np.argwhere(want != got)
+    at = tuple(int(v) for v in bad[0])
+    return (f"{len(bad)} of {want.size} values differ, first at {at}: "
+            f"expected {want[at]}, file has {got[at]}")  # fmt: skip
+
+
+def check_block(report: Report, beton, batch: pa.RecordBatch, positions: list[int],
+                options, n_labels: int) -> None:  # fmt: skip
+    """Compare one batch of source records with the samples at `positions` of the file."""
+    from luab_data.writers.beton import INDEX, LABEL, LABELS, MAP, POINT, SIZE, TRACE, block_arrays
+
+    block = block_arrays(batch, 0, options, n_labels)
+    keys = batch.column("key").to_pylist()
+    idx = np.asarray(positions)
+    _compare(report, keys, INDEX, idx, beton.arrays(INDEX, idx))
+    _compare(report, keys, LABELS if n_labels else LABEL, block.labels,
+             beton.arrays(LABELS if n_labels else LABEL, idx))  # fmt: skip
+    if options.byproducts:
+        for name, want in ((MAP, block.maps), (POINT, block.points), (TRACE, block.traces),
+                           (SIZE, block.sizes)):  # fmt: skip
+            _compare(report, keys, name, want, beton.arrays(name, idx))
+    report.checked += len(idx)
+
+
+def check_images(report: Report, beton, keys: list[str], images: Path, paths: list[str],
+                 positions: list[int], max_resolution: int | None,
+                 decode: bool) -> None:  # fmt: skip
+    """Stored size = FFCV's resize of the source JPEG's size; optionally decode each one."""
+    from PIL import Image
+
+    stored = beton.image_size()
+    for key, rel, pos in zip(keys, paths, positions, strict=True):
+        with Image.open(images / rel) as im:
+            want = _resized(np.array(im.size), max_resolution)
+        if not np.array_equal(want, stored[pos]):
+            report.add(key, "image", f"stored {stored[pos].tolist()}, expected {want.tolist()}")
+        if decode:
+            try:
+                beton.image(pos)
+            except ValueError as err:
+                report.add(key, "image", str(err))
+
+
+def _resized(size: np.ndarray, max_resolution: int | None) -> np.ndarray:
+    """FFCV's RGBImageField rule: scale the long side down to max_resolution, truncating."""
+    if max_resolution is None:
+        return size
+    ratio = max_resolution / size.max()
+    return (ratio * size).astype(int) if ratio < 1 else size
+
+
+def _source_batches(source, shard, quiet: bool, rejected: set) -> Iterator[pa.RecordBatch]:
+    from luab_data.build import iterate
+
+    yield from iterate(source, tuple(shard), show_progress=not quiet,
+                       on_rejects=lambda rs: rejected.update(r.key for r in rs))  # fmt: skip
+
+
+def verify_beton(path: str | Path, src: str | Path, *, images: str | Path | None = None,
+                 decode_images: bool = False, quiet: bool = True) -> Report:  # fmt: skip
+    """Check every sample of a .beton against its source; see the module docstring."""
+    from luab_data.loaders.beton_file import BetonFile
+    from luab_data.writers.beton import (
+        BetonOptions,
+        describe_source,
+        label_width,
+        read_manifest,
+        rejects_path,
+    )
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    build = {k: v for k, v in manifest["build"].items() if k != "shard"}
+    options = BetonOptions.from_dict(build)
+    beton = BetonFile(path)
+    keys = manifest["keys"]
+    report = Report(samples=len(beton))
+    if len(keys) != len(beton):
+        report.add("*", "keys", f"manifest lists {len(keys)} keys, file has {len(beton)} samples")
+    positions = {k: i for i, k in enumerate(keys)}
+    source = _open_source(src, manifest)
+    if describe_source(source) != manifest["source"]:
+        report.notes.append("the source differs from the one built (size, mtime or first MiB)")
+    n_labels = label_width(manifest["metadata"])
+    images = Path(images) if images else None
+    seen, rejected, missing = set(), set(), []
+    for batch in _source_batches(source, manifest["build"]["shard"], quiet, rejected):
+        all_keys = batch.column("key").to_pylist()
+        missing += [k for k in all_keys if k not in positions]
+        kept, pos = _kept_rows(batch, positions)
+        if not pos:
+            continue
+        seen.update(kept.column("key").to_pylist())
+        check_block(report, beton, kept, pos, options, n_labels)
+        if images is not None:
+            check_images(report, beton, kept.column("key").to_pylist(), images,
+                         kept.column("image").to_pylist(), pos, options.max_resolution,
+                         decode_images)  # fmt: skip
+    listed = _rejected_keys(rejects_path(path))
+    for key in missing:
+        if key not in listed:
+            report.add(key, "record", "in the source, not in the file nor in its rejects file")
+    for key in set(keys) - seen:
+        report.add(key, "record", "in the file, not among the source's good records")
+    if images is None:
+        report.notes.append("image sizes not checked (give --images)")
+    return report
+
+
+def _rejected_keys(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    return {json.loads(line)["key"] for line in path.read_text().splitlines() if line.strip()}
+
+
+@click.command("verify")
+@click.argument("beton", type=click.Path(exists=True, dir_okay=False))
+@click.option("--src", required=True, type=click.Path(exists=True),
+              help="The source the file was built from (release, records or Parquet).")
+@click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Image folder: also check every stored image's size against its JPEG.")
+@click.option("--decode-images", is_flag=True, help="Also decode every stored image.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def verify(beton, src, images, decode_images, quiet) -> None:
+    """Read back every sample of BETON and compare it with the source records (maps
+    re-rasterised bit-exact, points, traces, labels, sizes, keys). Exit status 1 on any
+    mismatch."""
+    try:
+        report = verify_beton(beton, src, images=images, decode_images=decode_images,
+                              quiet=quiet)  # fmt: skip
+    except (FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo("\n".join(report.lines()))
+    if not report.ok:
+        raise SystemExit(1)
+    click.echo("ok")
