@@ -54,7 +54,8 @@ def beton_options(build: dict[str, Any], n_classes: int = 0) -> BetonOptions:
     cfg = RasterConfig(**raster)
     if build.get("per_class_maps"):
         cfg = replace(cfg, n_classes=n_classes)
-    options = {k: v for k, v in build.items() if k in _option_names() and v is not None}
+    options = {k: v for k, v in build.items()  # max_resolution None: keep the original size
+               if k in _option_names() and (v is not None or k == "max_resolution")}  # fmt: skip
     return BetonOptions(raster=cfg, **options)
 
 
