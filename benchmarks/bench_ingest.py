@@ -151,10 +151,42 @@ def generate(kind: str, size: int, out: Path) -> Path:
     name = "imagenet_ab_v1_0.tar.gz" if kind == "imagenet-ab" else "coco_ab_v1_0.json"
     if not (target / name).exists():
         cli = Path(sys.executable).parent / "luab-data"
-        cmd = [str(cli), "sample", "--out", str(target),
+        cmd = [str(cli), "sample", "--out", str(target), "--quiet",
                "--kind", kind, "--size", str(size), "--no-images", "--seed", "1"]  # fmt: skip
         subprocess.run(cmd, check=True)
     return next(target.rglob(name))
+
+
+LABELS = {"ours": "ours (to Arrow)", "ours_build": "ours (build Parquet)",
+          "baseline_imagenet": "baseline (ElementTree per XML)",
+          "baseline_coco": "baseline (json.load + Python)"}  # fmt: skip
+
+
+def as_entry(name: str, bench: dict) -> dict:
+    """One `luab-data bench` entry (see luab_data/bench.py) from a compare() result."""
+    res = bench["results"]
+    base = next(k for k in res if k.startswith("baseline"))
+    entry = {"stage": "ingest", "name": name, "unit": "records/s",
+             "results": {LABELS[k]: r["records_per_s"] for k, r in res.items()},
+             "ratios": {f"{LABELS[k]} / {LABELS[base]}": r["ratio_vs_baseline"]
+                        for k, r in res.items() if "ratio_vs_baseline" in r},
+             "peak_rss_mb": {LABELS[k]: r["peak_rss_mb"] for k, r in res.items()}}  # fmt: skip
+    return entry
+
+
+def run(quick: bool, data: Path, tiny: bool = False) -> list[dict]:
+    """For `luab-data bench`: ImageNet-AB and COCO-AB ingest beside their baselines."""
+    n_in, n_coco, reps = (4_000, 8_000, 1) if quick else (50_000, 80_000, 3)
+    if tiny:  # the report-schema test: the code paths, not the figures
+        n_in, n_coco, reps = 200, 200, 1
+    tar = generate("imagenet-ab", n_in, data)
+    js = generate("coco-ab", n_coco, data)
+    return [
+        as_entry(f"ImageNet-AB tar.gz, {n_in:,} XML",
+                 compare("imagenet", tar, ["ours", "ours_build", "baseline_imagenet"], reps)),
+        as_entry(f"COCO-AB JSON, {n_coco:,} records",
+                 compare("coco", js, ["ours", "ours_build", "baseline_coco"], reps)),
+    ]  # fmt: skip
 
 
 def main() -> None:

@@ -170,7 +170,8 @@ def side_by_side(n: int, reps: int, cfg: RasterConfig) -> dict:
         for name, (fn, count) in methods.items():
             rates[name].append(_rate(fn, count))
     agree = _agreement(clicks, trace, width, height, cfg, n_cv)
-    return {"maps_per_s": {k: _summary(v) for k, v in rates.items()}, "agreement": agree}
+    return {"maps_per_s": {k: _summary(v) for k, v in rates.items()}, "agreement": agree,
+            "rates": rates}  # fmt: skip
 
 
 def _agreement(clicks, trace, width, height, cfg, n) -> dict:
@@ -200,6 +201,21 @@ def scaling(n: int, reps: int, cfg: RasterConfig) -> list[dict]:
         rows.append({"trace_samples": length, "size": list(size), "maps_per_s": s,
                      "us_per_map": 1e6 / s["median"]})  # fmt: skip
     return rows
+
+
+def run(quick: bool, data: Path, tiny: bool = False) -> list[dict]:
+    """For `luab-data bench`: the numba kernel beside the numpy and OpenCV paths."""
+    n, reps = (64, 1) if tiny else ((1024, 3) if quick else (4096, 11))
+    res = side_by_side(n, reps, RasterConfig())
+    rates = res["rates"]
+    ours = "numba (Arrow batch)"
+    results = {k: _summary(rates[k]) for k in (ours, "naive numpy per point",
+                                               "opencv hist+GaussianBlur")}  # fmt: skip
+    ratios = {f"{ours} / {b}": _summary([a / c for a, c in zip(rates[ours], rates[b],
+                                                                strict=True)])
+              for b in list(results)[1:]}  # fmt: skip
+    return [{"stage": "raster", "name": "64x64x2 maps, 100-sample traces", "unit": "maps/s",
+             "results": results, "ratios": ratios, "agreement": res["agreement"]}]  # fmt: skip
 
 
 def markdown(result: dict) -> str:
