@@ -127,10 +127,9 @@ def table(report: dict) -> str:
 
 def _entry_lines(stage: str, e: dict) -> list[str]:
     out = []
-    names = list(e["results"])
-    ours = e["results"][names[0]]
     for label, r in e["ratios"].items():
-        base = e["results"][label.split(" / ", 1)[1]]
+        ours_name, base_name = label.split(" / ", 1)
+        ours, base = e["results"][ours_name], e["results"][base_name]
         ratio = f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})"
         out.append(f"{stage:8} {e['name'][:20] + ': ' + label[:22]:44} {ratio:20} "
                    f"{ours['median']:>14,.0f} {base['median']:>14,.0f}")  # fmt: skip
