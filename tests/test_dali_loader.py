@@ -25,7 +25,7 @@ from luab_data.loaders.alignment import (  # noqa: E402
     marker_clear_of_edges,
     marker_position,
 )
-from luab_data.loaders.beton_reader import JPEG_MODE, RAW_MODE, BetonFile  # noqa: E402
+from luab_data.loaders.beton_reader import JPEG_MODE, RAW_MODE, BatchBetonFile  # noqa: E402
 from luab_data.loaders.dali_loader import (  # noqa: E402
     BetonBatchSource,
     CropRule,
@@ -116,14 +116,14 @@ def _errors(b, i, sample, size) -> tuple[float | None, float]:
 
 def test_beton_reader_round_trip(dataset):
     path, samples = dataset
-    beton = BetonFile(path)
-    images = beton.images("image")
+    beton = BatchBetonFile(path)
+    images = beton.image_table("image")
     assert set(images.mode.tolist()) == {JPEG_MODE, RAW_MODE}
     assert np.array_equal(images.sizes, [s.image.shape[1::-1] for s in samples])
     every = np.arange(N_SAMPLES)
-    assert np.array_equal(beton.ndarrays("map", every), np.stack([s.amap for s in samples]))
-    assert np.array_equal(beton.ndarrays("point", every), np.stack([s.point for s in samples]))
-    assert np.array_equal(beton.scalars("label", every), [s.label for s in samples])
+    assert np.array_equal(beton.gather("map", every), np.stack([s.amap for s in samples]))
+    assert np.array_equal(beton.gather("point", every), np.stack([s.point for s in samples]))
+    assert np.array_equal(beton.gather("label", every), [s.label for s in samples])
     for i in range(8):
         region = beton.data[images.ptr[i] : images.ptr[i] + images.nbytes[i]]
         if images.mode[i] == RAW_MODE:

@@ -1,28 +1,29 @@
-"""Read a .beton without FFCV's loader: field metadata from ``ffcv.reader.Reader``, sample bytes
-as slices of a read-only memory map of the file.
+"""Whole-batch reads of a .beton for the DALI source, on top of :mod:`beton_file`.
 
-Layout facts this relies on (FFCV 1.0.2, ``ffcv/reader.py``, ``ffcv/types.py``, ``ffcv/fields``):
+``beton_file.BetonFile`` reads one sample at a time (a structured-record lookup and a binary
+search per call, ~9 µs a sample). The DALI source asks for whole batches on the consumer's
+thread, so this subclass looks every image's offset and byte length up once, then serves a
+batch with plain slices (JPEG streams) and one compiled copy per field (NDArrayField values),
+~1 µs a sample.
 
-* one metadata record per sample, one sub-record ``f<i>`` per field, in field order;
-* ``IntField``/``FloatField`` keep their value *in* the metadata (no data region);
-* ``RGBImageField`` keeps (mode, width, height, data_ptr): ``mode`` 0 is a JPEG stream, 1 raw
-  (H, W, 3) uint8 RGB; ``NDArrayField`` keeps the pointer only, its size is fixed by the field;
-* the allocation table lists (sample_id, ptr, size) of every data region, so the byte length of
-  a JPEG is the size of the allocation that starts at its ``data_ptr``.
+Layout facts this relies on (FFCV 1.0.2, ``ffcv/fields``): ``RGBImageField`` metadata is
+(mode, width, height, data_ptr), ``mode`` 0 a JPEG stream, 1 raw (H, W, 3) RGB; the byte length
+of a region is the size of the allocation-table entry that starts at its pointer;
+``NDArrayField`` metadata is the pointer and its size is fixed by the field; ``IntField`` and
+``FloatField`` values live in the metadata itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 from ffcv.fields import FloatField, IntField, NDArrayField, RGBImageField
-from ffcv.reader import Reader
 from numba import njit
 
-JPEG_MODE, RAW_MODE = 0, 1  # RGBImageField's ``mode`` values
+from luab_data.loaders.beton_file import JPEG_MODE, RAW_MODE, BetonFile
+
+__all__ = ["JPEG_MODE", "RAW_MODE", "BatchBetonFile", "ImageTable", "gather_regions"]
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,10 @@ class ImageTable:
     """Where every sample's stored image lies: per-sample arrays over the whole file."""
 
     mode: np.ndarray  # uint8, JPEG_MODE or RAW_MODE
-    width: np.ndarray  # int64, stored (after the writer's max_resolution) width
+    width: np.ndarray  # int64, stored width (after the writer's max_resolution)
     height: np.ndarray  # int64
     ptr: np.ndarray  # int64, byte offset in the file
-    nbytes: np.ndarray  # int64, byte length of the JPEG stream or raw pixels
+    nbytes: np.ndarray  # int64, length of the JPEG stream or of the raw pixels
 
     @property
     def sizes(self) -> np.ndarray:
@@ -41,40 +42,28 @@ class ImageTable:
         return np.stack([self.width, self.height], axis=1)
 
 
-class BetonFile:
-    """A .beton opened for random access: ``reader`` (FFCV's), ``data`` (uint8 memory map)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        self.reader = Reader(self.path)
-        self.num_samples = int(self.reader.num_samples)
-        self.data = np.memmap(self.path, dtype=np.uint8, mode="r")
-        table = self.reader.alloc_table
-        order = np.argsort(table["ptr"])
-        self._alloc_ptr = table["ptr"][order].astype(np.int64)
-        self._alloc_size = table["size"][order].astype(np.int64)
+class BatchBetonFile(BetonFile):
+    """A memory-mapped .beton with vectorised per-batch access (``data``: the uint8 map)."""
 
     @property
-    def handlers(self) -> dict[str, Any]:
-        return self.reader.handlers
+    def data(self) -> np.ndarray:
+        return self._data
 
-    def column(self, name: str) -> np.ndarray:
-        """The metadata column of field ``name`` (one entry per sample)."""
-        if name not in self.handlers:
-            raise KeyError(f"no field {name!r} in {self.path}; fields: {list(self.handlers)}")
-        return self.reader.metadata[f"f{list(self.handlers).index(name)}"]
+    @property
+    def num_samples(self) -> int:
+        return len(self)
 
     def allocation_sizes(self, ptrs: np.ndarray) -> np.ndarray:
-        """Byte length of the data regions that start at ``ptrs``."""
-        at = np.searchsorted(self._alloc_ptr, ptrs)
-        if np.any(at >= len(self._alloc_ptr)) or np.any(self._alloc_ptr[at] != ptrs):
+        """Byte lengths of the data regions that start at ``ptrs``."""
+        at = np.minimum(np.searchsorted(self._ptrs, ptrs), len(self._ptrs) - 1)
+        if np.any(self._ptrs[at] != ptrs):
             raise ValueError(f"{self.path}: a data pointer is not in the allocation table")
-        return self._alloc_size[at]
+        return self._sizes[at]
 
-    def images(self, name: str = "image") -> ImageTable:
+    def image_table(self, name: str = "image") -> ImageTable:
         if not isinstance(self.handlers.get(name), RGBImageField):
-            raise ValueError(f"no RGB image field {name!r} in {list(self.handlers)}")
-        meta = self.column(name)
+            raise ValueError(f"no RGB image field {name!r} in {self.names}")
+        meta = self.metadata(name)
         ptr = meta["data_ptr"].astype(np.int64)
         return ImageTable(
             mode=meta["mode"].astype(np.uint8),
@@ -84,29 +73,35 @@ class BetonFile:
             nbytes=self.allocation_sizes(ptr),
         )
 
-    def is_scalar(self, name: str) -> bool:
-        return isinstance(self.handlers[name], IntField | FloatField)
+    def field(self, name: str) -> object:
+        if name not in self.handlers:
+            raise KeyError(f"no field {name!r} in {self.path}; fields: {self.names}")
+        return self.handlers[name]
 
-    def scalars(self, name: str, indices: np.ndarray) -> np.ndarray:
-        """Values of an ``IntField`` (int64) or ``FloatField`` (float64) for ``indices``."""
-        return np.ascontiguousarray(self.column(name)[indices])
+    def value_dtype(self, name: str) -> np.dtype:
+        """The dtype of :meth:`gather`'s output for a field."""
+        field = self.field(name)
+        if isinstance(field, IntField | FloatField):
+            return self.metadata(name).dtype.newbyteorder("=")
+        return np.dtype(field.dtype)
 
-    def ndarray_field(self, name: str) -> NDArrayField:
-        field = self.handlers.get(name)
+    def gather(self, name: str, indices: np.ndarray) -> np.ndarray:
+        """Values of ``indices``: (N,) for an IntField/FloatField, (N, *shape) for an
+        NDArrayField, in the stored dtype (a copy)."""
+        field = self.field(name)
+        if isinstance(field, IntField | FloatField):
+            return self.metadata(name)[indices].astype(self.value_dtype(name))
         if not isinstance(field, NDArrayField):
-            raise ValueError(f"field {name!r} is not an NDArrayField: {type(field).__name__}")
-        return field
-
-    def ndarrays(self, name: str, indices: np.ndarray) -> np.ndarray:
-        """(len(indices), *shape) copy of an ``NDArrayField``'s arrays, in its stored dtype."""
-        field = self.ndarray_field(name)
+            raise ValueError(f"field {name!r} is a {type(field).__name__}: no array values")
         nbytes = int(field.dtype.itemsize * np.prod(field.shape))
-        ptrs = self.column(name)[indices].astype(np.int64)
+        ptrs = self.metadata(name)[indices].astype(np.int64)
         flat = np.empty((len(ptrs), nbytes), np.uint8)
-        gather_regions(self.data, ptrs, flat)
+        gather_regions(self._data, ptrs, flat)
         return flat.view(field.dtype).reshape(len(ptrs), *field.shape)
 
 
+# FFCV marks numba's interned *writable* uint8[::1] type read-only at every Loader construction,
+# which breaks dispatchers compiled with it; this kernel only takes a read-only 1-D and a 2-D.
 @njit(cache=True, nogil=True)
 def gather_regions(data: np.ndarray, ptrs: np.ndarray, out: np.ndarray) -> None:
     """Copy ``out.shape[1]`` bytes from each ``ptrs[i]`` of ``data`` into row ``i`` of ``out``."""

@@ -44,13 +44,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from ffcv.fields import NDArrayField
 from numba import njit
 from nvidia.dali import fn, pipeline_def, types
-from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 from torch.utils.data import DistributedSampler
 
 from luab_data import geometry as geo
-from luab_data.loaders.beton_reader import RAW_MODE, BetonFile, ImageTable
+from luab_data.loaders.beton_reader import RAW_MODE, BatchBetonFile, ImageTable
 from luab_data.loaders.ffcv_loader import IMAGENET_MEAN, IMAGENET_STD, Batch, FieldNames
 
 _DALI_TYPES = {
@@ -155,16 +155,16 @@ class BetonBatchSource:
     StopIteration, which ends DALI's epoch.
     """
 
-    def __init__(self, beton: BetonFile, rule: CropRule, names: FieldNames) -> None:
+    def __init__(self, beton: BatchBetonFile, rule: CropRule, names: FieldNames) -> None:
         self.beton, self.rule, self.names = beton, rule, names
-        self.images: ImageTable = beton.images(names.image)
+        self.images: ImageTable = beton.image_table(names.image)
         self.sizes = np.ascontiguousarray(self.images.sizes)
         self.has_map = names.map is not None and names.map in beton.handlers
         self.has_points = names.point is not None and names.point in beton.handlers
-        if self.has_map and len(beton.ndarray_field(names.map).shape) != 3:
+        if self.has_map and len(_array_field(beton, names.map).shape) != 3:
             raise ValueError(f"map field must be (C, Hm, Wm): {beton.handlers[names.map].shape}")
         if self.has_points:
-            pts = beton.ndarray_field(names.point)
+            pts = _array_field(beton, names.point)
             if pts.shape[-1] != 2 or pts.dtype not in (np.float32, np.float64):
                 raise ValueError(f"point field must be float (..., 2), got {pts.shape}")
         self.outputs, self.dtypes, self.layouts = self._describe()
@@ -175,20 +175,15 @@ class BetonBatchSource:
                 ("shape", types.INT32, ""), ("mirror", types.INT32, ""),
                 ("boxes", types.FLOAT, "")]  # fmt: skip
         if self.has_map:
-            map_type = _DALI_TYPES[np.dtype(self.beton.ndarray_field(self.names.map).dtype)]
+            map_type = _DALI_TYPES[self.beton.value_dtype(self.names.map)]
             spec += [("roi_start", types.FLOAT, ""), ("roi_end", types.FLOAT, ""),
                      ("map", map_type, "CHW")]  # fmt: skip
-        spec.append(("labels", _DALI_TYPES[self._label_dtype()], ""))
+        spec.append(("labels", _DALI_TYPES[self.beton.value_dtype(self.names.label)], ""))
         if self.has_points:
             spec += [("points", types.FLOAT, ""), ("weights", types.FLOAT, "")]
         spec.append(("indices", types.INT64, ""))
         names, dtypes, layouts = zip(*spec, strict=True)
         return list(names), list(dtypes), list(layouts)
-
-    def _label_dtype(self) -> np.dtype:
-        if self.beton.is_scalar(self.names.label):
-            return self.beton.column(self.names.label).dtype.newbyteorder("=")
-        return np.dtype(self.beton.ndarray_field(self.names.label).dtype)
 
     def start_epoch(self, epoch: int, batches: Sequence[np.ndarray]) -> None:
         self.epoch, self._batches, self._cursor = epoch, list(batches), 0
@@ -219,8 +214,8 @@ class BetonBatchSource:
         }
         if self.has_map:
             out["roi_start"], out["roi_end"] = crops.map_roi()
-            out["map"] = self.beton.ndarrays(self.names.map, indices)
-        out["labels"] = self.labels(indices)
+            out["map"] = self.beton.gather(self.names.map, indices)
+        out["labels"] = self.beton.gather(self.names.label, indices)
         if self.has_points:
             out["points"], out["weights"] = self.points(indices, crops)
         return out
@@ -236,14 +231,9 @@ class BetonBatchSource:
             out.append(region)
         return out
 
-    def labels(self, indices: np.ndarray) -> np.ndarray:
-        if self.beton.is_scalar(self.names.label):
-            return self.beton.scalars(self.names.label, indices).astype(self._label_dtype())
-        return self.beton.ndarrays(self.names.label, indices)
-
     def points(self, indices: np.ndarray, crops: Crops) -> tuple[np.ndarray, np.ndarray]:
         """(N, K, 2) crop-coordinate targets and (N, K) weights, float32 (FFCV's rule)."""
-        stored = self.beton.ndarrays(self.names.point, indices)
+        stored = self.beton.gather(self.names.point, indices)
         stored = stored.reshape(len(indices), -1, 2)
         rows = np.empty((*stored.shape[:2], 3), np.float32)
         _transform_batch_points(stored, crops.boxes, crops.flips, rows)
@@ -315,7 +305,7 @@ def _maps(nodes: dict[str, Any], options: GraphOptions, source: BetonBatchSource
     )  # fmt: skip
     scale = options.map_scale
     if scale is None:
-        stored = source.beton.ndarray_field(source.names.map).dtype
+        stored = source.beton.value_dtype(source.names.map)
         scale = 1.0 / 255.0 if stored == np.uint8 else 1.0
     return resized * scale if scale != 1.0 else resized
 
@@ -352,7 +342,7 @@ class DaliLoader:
     ) -> None:
         if not 0 <= shard_id < num_shards:
             raise ValueError(f"shard_id {shard_id} out of range for {num_shards} shards")
-        self.beton = BetonFile(path)
+        self.beton = BatchBetonFile(path)
         self.batch_size, self.rule, self.options = int(batch_size), rule, options
         self.shard_id, self.num_shards = int(shard_id), int(num_shards)
         self.shuffle = rule.train if shuffle is None else bool(shuffle)
@@ -362,12 +352,12 @@ class DaliLoader:
         self.device = None if device_id is None else torch.device("cuda", device_id)
         self.source = BetonBatchSource(self.beton, rule, names)
         self._squeeze_points = self.source.has_points and (
-            self.beton.ndarray_field(names.point).shape == (2,)
+            _array_field(self.beton, names.point).shape == (2,)
         )
         self.pipe = _graph(
             self.source, options, device_id is not None, batch_size=self.batch_size,
             num_threads=num_threads or _available_cores(), device_id=device_id,
-            prefetch_queue_depth=prefetch_queue_depth, seed=rule.seed,
+            prefetch_queue_depth=prefetch_queue_depth, seed=rule.seed, exec_dynamic=True,
         )  # fmt: skip
         self.pipe.build()
         self._next_epoch = 0
@@ -462,12 +452,20 @@ class DaliLoader:
         )
 
     def _to_torch(self, tensor_list: Any) -> torch.Tensor:
-        """A fresh torch tensor with a copy of a dense DALI batch (on the loader's device)."""
+        """Zero-copy torch view of a dense DALI batch (DLPack). Under DALI's dynamic executor
+        the view owns its buffer, so a later batch never overwrites it (unlike FFCV)."""
         dense = tensor_list.as_tensor()
-        out = torch.empty(dense.shape(), dtype=to_torch_type[dense.dtype], device=self.device)
-        stream = None if self.device is None else torch.cuda.current_stream(self.device)
-        feed_ndarray(dense, out, cuda_stream=stream)
-        return out
+        if self.device is None:
+            return torch.from_dlpack(dense)
+        with torch.cuda.device(self.device):
+            return torch.from_dlpack(dense)
+
+
+def _array_field(beton: BatchBetonFile, name: str) -> NDArrayField:
+    field = beton.field(name)
+    if not isinstance(field, NDArrayField):
+        raise ValueError(f"field {name!r} must be an NDArrayField, not {type(field).__name__}")
+    return field
 
 
 def _available_cores() -> int:

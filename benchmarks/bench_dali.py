@@ -1,0 +1,230 @@
+"""Images/s of the DALI loader against the coupled FFCV loader, on the same .beton, in one run.
+
+Both loaders produce the full batch contract (image + label + crop box/flip + map cropped to
+14x14 + point), RandomResizedCrop 224 + flip, uint8 images, the same batches of the same
+samples (same seed). Repetitions are interleaved (and their order rotated) because the machine
+is shared; figures are medians with min-max, and the load average before/after is recorded.
+
+CPU mode (default): DALI's CPU-only pipeline (``device_id=None``, ``--threads`` threads) vs
+FFCV with as many workers. GPU mode (``--device gpu``): DALI with ``mixed`` decoding (nvJPEG;
+the hardware JPEG decoder takes ``--hw-decoder-load``) and GPU resizing, vs FFCV decoding on
+the CPU and copying to the same GPU, vs DALI's CPU pipeline on the same host; every epoch ends
+with a CUDA synchronisation. GPU mode needs a CUDA build of torch beside nvidia-dali-cuda12x.
+
+    python benchmarks/bench_dali.py                      # synthetic file, CPU, 2 threads
+    python benchmarks/bench_dali.py --device gpu --threads 8 --n 5000 --batch 256
+    python benchmarks/bench_dali.py --beton data/sample.beton --out /tmp/dali.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+# ---------------------------------------------------------------- a synthetic file
+
+
+def photo_like(index: int, size_range: tuple[int, int]) -> np.ndarray:
+    """A reproducible RGB image with photo-like JPEG cost: smooth colour fields, hard-edged
+    shapes and sensor-like noise (pure noise or flat colour would mislead a JPEG benchmark)."""
+    rng = np.random.default_rng(index)
+    height, width = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, 2))
+    coarse = rng.uniform(0, 255, (4 + index % 5, 4 + index % 7, 3)).astype(np.float32)
+    image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    for _ in range(8):
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        w, h = int(rng.integers(8, width // 2)), int(rng.integers(8, height // 2))
+        colour = [float(c) for c in rng.uniform(0, 255, 3)]
+        cv2.rectangle(image, (x, y), (x + w, y + h), colour, thickness=int(rng.integers(-1, 6)))
+    image += rng.normal(0, 16, image.shape).astype(np.float32)  # ~0.5 byte/px at q90
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+class _Synthetic:
+    """Samples in the layout luab-data's writer uses: image, label, map (2, 64, 64), point."""
+
+    def __init__(self, n: int, size_range: tuple[int, int]) -> None:
+        self.n, self.size_range = n, size_range
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple:
+        rng = np.random.default_rng(10_000 + i)
+        amap = rng.integers(0, 256, (2, 64, 64), dtype=np.uint8)
+        point = rng.uniform(0, 1, 2).astype(np.float32)
+        return photo_like(i, self.size_range), i % 1000, amap, point
+
+
+def write_synthetic(path: Path, n: int, size_range: tuple[int, int], workers: int) -> None:
+    from ffcv.fields import IntField, NDArrayField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    fields = {
+        "image": RGBImageField(write_mode="jpg", jpeg_quality=90),
+        "label": IntField(),
+        "map": NDArrayField(np.dtype("uint8"), (2, 64, 64)),
+        "point": NDArrayField(np.dtype("float32"), (2,)),
+    }
+    DatasetWriter(str(path), fields, num_workers=workers).from_indexed_dataset(
+        _Synthetic(n, size_range)
+    )
+
+
+# ---------------------------------------------------------------- loaders and timing
+
+
+def make_loaders(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The contenders, all yielding the same batches of the same samples."""
+    from luab_data.loaders.beton_file import field_names
+    from luab_data.loaders.dali_loader import make_dali_loader
+    from luab_data.loaders.ffcv_loader import CoupledLoader
+
+    common = {"image_size": args.image_size, "map_size": args.map_size, "seed": 0,
+              "names": field_names(path), "normalize": args.normalize}  # fmt: skip
+    dali = {"num_threads": args.threads, "drop_last": True, **common}
+    gpu = args.device == "gpu"
+    ffcv_device = torch.device("cuda", 0) if gpu else None
+    loaders = {
+        "ffcv": CoupledLoader(
+            path, args.batch, num_workers=args.threads, device=ffcv_device, drop_last=True, **common
+        ),  # fmt: skip
+        "dali_cpu": make_dali_loader(path, args.batch, device_id=None, **dali),
+    }
+    if gpu:
+        loaders["dali_mixed"] = make_dali_loader(
+            path, args.batch, device_id=0, hw_decoder_load=args.hw_decoder_load, **dali
+        )
+    return loaders
+
+
+def epoch_rate(loader: Iterable, sync: Callable[[], None]) -> float:
+    """Images/s of one epoch, from the first request to the last batch being ready."""
+    n = 0
+    start = time.perf_counter()
+    for batch in loader:
+        n += len(batch.indices)
+    sync()
+    return n / (time.perf_counter() - start)
+
+
+def measure(loaders: dict[str, Any], reps: int, sync: Callable[[], None]) -> dict[str, list]:
+    names = list(loaders)
+    for name in names:  # compile, build, fill the page cache
+        epoch_rate(loaders[name], sync)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(reps):
+        shift = rep % len(names)  # rotate who goes first: drift hits all alike
+        for name in names[shift:] + names[:shift]:
+            rates[name].append(epoch_rate(loaders[name], sync))
+            print(f"  rep {rep}: {name:10s} {rates[name][-1]:8.0f} img/s", flush=True)
+    return rates
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    return {"median": round(statistics.median(values), 1), "min": round(min(values), 1),
+            "max": round(max(values), 1), "runs": [round(v, 1) for v in values]}  # fmt: skip
+
+
+# ---------------------------------------------------------------- the record
+
+
+def machine(args: argparse.Namespace) -> dict[str, Any]:
+    import ffcv
+    import nvidia.dali
+
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    models = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+    info = {
+        "cpu": models[0] if models else platform.machine(),
+        "cores": os.cpu_count(),
+        "cores_available": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "dali": nvidia.dali.__version__,
+        "ffcv": getattr(ffcv, "__version__", "1.0.2"),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+    }
+    if args.device == "gpu":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--beton", type=Path, help="benchmark this file instead of a synthetic one")
+    ap.add_argument("--n", type=int, default=1000, help="synthetic images")
+    ap.add_argument("--sizes", type=int, nargs=2, default=(256, 400), help="synthetic px range")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                    help="DALI CPU threads = FFCV workers")  # fmt: skip
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--map-size", type=int, default=14)
+    ap.add_argument("--normalize", action="store_true", help="float normalised images")
+    ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    ap.add_argument("--hw-decoder-load", type=float, default=0.65)
+    ap.add_argument("--out", type=Path, default=None, help="default: results/dali[-gpu].json")
+    return ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.device == "gpu" and not torch.cuda.is_available():
+        raise SystemExit("--device gpu needs a CUDA build of torch and a visible GPU")
+    sync = torch.cuda.synchronize if args.device == "gpu" else (lambda: None)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.beton
+        if path is None:
+            path = Path(tmp) / "bench.beton"
+            start = time.perf_counter()
+            write_synthetic(path, args.n, tuple(args.sizes), args.threads)
+            print(f"wrote {args.n} JPEGs in {time.perf_counter() - start:.1f} s, "
+                  f"{path.stat().st_size / 2**20:.1f} MiB")  # fmt: skip
+        load_before = os.getloadavg()
+        rates = measure(make_loaders(path, args), args.reps, sync)
+        load_after = os.getloadavg()
+    results = {name: summary(values) for name, values in rates.items()}
+    ffcv_median = results["ffcv"]["median"]
+    for entry in results.values():
+        entry["x_ffcv"] = round(entry["median"] / ffcv_median, 2)
+    info = machine(args) | {"loadavg_before": load_before, "loadavg_after": load_after}
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    return {"machine": info, "config": config, "images_per_s": results}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    record = run(args)
+    out = args.out or RESULTS / ("dali-gpu.json" if args.device == "gpu" else "dali.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    m = record["machine"]
+    load = f"load {m['loadavg_before'][0]:.2f} -> {m['loadavg_after'][0]:.2f}"
+    print(f"{m['cpu']}, {m['cores_available']} cores, {load}; batch {args.batch}, "
+          f"{args.threads} threads, RRC {args.image_size} + map {args.map_size} + point, "
+          f"median of {args.reps}")  # fmt: skip
+    for name, r in record["images_per_s"].items():
+        print(f"{name:10s} {r['median']:8.0f} img/s  [{r['min']:.0f}-{r['max']:.0f}]  "
+              f"{r['x_ffcv']:.2f} x FFCV")  # fmt: skip
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
