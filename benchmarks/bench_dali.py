@@ -7,12 +7,13 @@ is shared; figures are medians with min-max, and the load average before/after i
 
 CPU mode (default): DALI's CPU-only pipeline (``device_id=None``, ``--threads`` threads) vs
 FFCV with as many workers. GPU mode (``--device gpu``): DALI with ``mixed`` decoding (nvJPEG;
-the hardware JPEG decoder takes ``--hw-decoder-load``) and GPU resizing, vs FFCV decoding on
-the CPU and copying to the same GPU, vs DALI's CPU pipeline on the same host; every epoch ends
-with a CUDA synchronisation. GPU mode needs a CUDA build of torch beside nvidia-dali-cuda12x.
+the hardware JPEG decoder takes ``--hw-decoder-load`` of the JPEGs, one contender per value)
+and GPU resizing, vs FFCV decoding on the CPU and copying to the same GPU, vs DALI's CPU
+pipeline on the same host; every epoch ends with a CUDA synchronisation. GPU mode needs a CUDA
+build of torch beside nvidia-dali-cuda12x; it writes results/dali-gpu.json.
 
-    python benchmarks/bench_dali.py                      # synthetic file, CPU, 2 threads
-    python benchmarks/bench_dali.py --device gpu --threads 8 --n 5000 --batch 256
+    python benchmarks/bench_dali.py                      # synthetic file, CPU, all cores
+    python benchmarks/bench_dali.py --device gpu --n 5000 --batch 256 --hw-decoder-load 0.65 0.9
     python benchmarks/bench_dali.py --beton data/sample.beton --out /tmp/dali.json
 """
 
@@ -106,9 +107,9 @@ def make_loaders(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         ),  # fmt: skip
         "dali_cpu": make_dali_loader(path, args.batch, device_id=None, **dali),
     }
-    if gpu:
-        loaders["dali_mixed"] = make_dali_loader(
-            path, args.batch, device_id=0, hw_decoder_load=args.hw_decoder_load, **dali
+    for load in args.hw_decoder_load if gpu else []:  # one contender per hardware share
+        loaders[f"dali_mixed@{load:g}"] = make_dali_loader(
+            path, args.batch, device_id=0, hw_decoder_load=load, **dali
         )
     return loaders
 
@@ -132,13 +133,14 @@ def measure(loaders: dict[str, Any], reps: int, sync: Callable[[], None]) -> dic
         shift = rep % len(names)  # rotate who goes first: drift hits all alike
         for name in names[shift:] + names[:shift]:
             rates[name].append(epoch_rate(loaders[name], sync))
-            print(f"  rep {rep}: {name:10s} {rates[name][-1]:8.0f} img/s", flush=True)
+            print(f"  rep {rep}: {name:16s} {rates[name][-1]:8.0f} img/s", flush=True)
     return rates
 
 
 def summary(values: list[float]) -> dict[str, Any]:
-    return {"median": round(statistics.median(values), 1), "min": round(min(values), 1),
-            "max": round(max(values), 1), "runs": [round(v, 1) for v in values]}  # fmt: skip
+    r = 3 if max(values) < 10 else 1  # ratios keep 3 decimals, rates 1
+    return {"median": round(statistics.median(values), r), "min": round(min(values), r),
+            "max": round(max(values), r), "runs": [round(v, r) for v in values]}  # fmt: skip
 
 
 # ---------------------------------------------------------------- the record
@@ -180,12 +182,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--map-size", type=int, default=14)
     ap.add_argument("--normalize", action="store_true", help="float normalised images")
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    ap.add_argument("--hw-decoder-load", type=float, default=0.65)
+    ap.add_argument("--hw-decoder-load", type=float, nargs="+", default=[0.65],
+                    help="JPEG share of the hardware decoder; several values: a sweep")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None, help="default: results/dali[-gpu].json")
     return ap.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Write (or open) the file, time the loaders, return the record that goes to JSON."""
     if args.device == "gpu" and not torch.cuda.is_available():
         raise SystemExit("--device gpu needs a CUDA build of torch and a visible GPU")
     sync = torch.cuda.synchronize if args.device == "gpu" else (lambda: None)
@@ -201,17 +205,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rates = measure(make_loaders(path, args), args.reps, sync)
         load_after = os.getloadavg()
     results = {name: summary(values) for name, values in rates.items()}
-    ffcv_median = results["ffcv"]["median"]
-    for entry in results.values():
-        entry["x_ffcv"] = round(entry["median"] / ffcv_median, 2)
+    for name, entry in results.items():  # ratios paired by repetition (they ran side by side)
+        entry["x_ffcv"] = summary([a / b for a, b in zip(rates[name], rates["ffcv"], strict=True)])
     info = machine(args) | {"loadavg_before": load_before, "loadavg_after": load_after}
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     return {"machine": info, "config": config, "images_per_s": results}
 
 
+def label(name: str) -> str:
+    """Report names: ffcv, dali_cpu, dali_mixed@<hw_decoder_load>."""
+    if name.startswith("dali_mixed@"):
+        return f"DALI mixed (GPU, hw load {name.split('@')[1]})"
+    return {"ffcv": "FFCV coupled", "dali_cpu": "DALI CPU"}[name]
+
+
+def run(quick: bool = False, data: Path | None = None, tiny: bool = False) -> list[dict]:
+    """Entries for ``luab-data bench`` (see luab_data/bench.py): DALI vs FFCV, on the GPU when
+    one is visible. ``data`` is unused: the synthetic file lives in a temporary folder."""
+    n, reps = (128, 1) if tiny else (500, 3) if quick else (1000, 5)
+    gpu = torch.cuda.is_available()
+    argv = ["--n", str(n), "--reps", str(reps), "--device", "gpu" if gpu else "cpu"]
+    record = benchmark(parse_args(argv + (["--batch", "32"] if tiny else [])))
+    rates = record["images_per_s"]
+    results = {label(k): _spread(v) for k, v in rates.items()}
+    ratios = {f"{label(k)} / {label('ffcv')}": _spread(v["x_ffcv"])
+              for k, v in rates.items() if k != "ffcv"}  # fmt: skip
+    return [{
+        "stage": "dali", "name": "RRC 224 + map + point", "unit": "images/s",
+        "results": results, "ratios": ratios,
+        "notes": f"{n} synthetic JPEGs 256-400 px, batch {record['config']['batch']}, "
+                 f"{record['config']['threads']} threads/workers, same batches in both",
+    }]  # fmt: skip
+
+
+def _spread(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"median": entry["median"], "min": entry["min"], "max": entry["max"],
+            "n": len(entry["runs"])}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    record = run(args)
+    record = benchmark(args)
     out = args.out or RESULTS / ("dali-gpu.json" if args.device == "gpu" else "dali.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
@@ -221,8 +255,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.threads} threads, RRC {args.image_size} + map {args.map_size} + point, "
           f"median of {args.reps}")  # fmt: skip
     for name, r in record["images_per_s"].items():
-        print(f"{name:10s} {r['median']:8.0f} img/s  [{r['min']:.0f}-{r['max']:.0f}]  "
-              f"{r['x_ffcv']:.2f} x FFCV")  # fmt: skip
+        x = r["x_ffcv"]
+        print(f"{name:16s} {r['median']:8.0f} img/s  [{r['min']:.0f}-{r['max']:.0f}]  "
+              f"{x['median']:.2f} x FFCV [{x['min']:.2f}-{x['max']:.2f}]")  # fmt: skip
     print(f"wrote {out}")
 
 

@@ -290,3 +290,27 @@ def test_shards_partition_each_epoch(dataset):
     assert np.array_equal(got, orders[0][1])
     with pytest.raises(ValueError):
         make_dali_loader(path, 16, shard_id=3, num_shards=3, **CPU)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and CUDA torch")
+def test_gpu_pipeline_matches_cpu_pipeline(dataset):
+    """Mixed decoding + GPU operators: the same crops, flips, points and labels as the CPU
+    pipeline, maps equal to float rounding, images close (nvJPEG vs libjpeg-turbo), every
+    tensor on the GPU, images channels-last; normalised float16 images on request."""
+    path, _ = dataset
+    common = {"image_size": IMAGE_HW, "map_size": MAP_HW, "seed": SEED, "num_threads": 2}
+    gpu = make_dali_loader(path, 48, device_id=0, hw_decoder_load=0.9, **common)
+    cpu = make_dali_loader(path, 48, device_id=None, **common)
+    for got, want in zip(gpu, cpu, strict=True):
+        assert all(t.is_cuda for t in got if t is not None)
+        assert got.images.is_contiguous(memory_format=torch.channels_last)
+        got = type(got)(*(None if t is None else t.cpu() for t in got))
+        for name in ("indices", "labels", "boxes", "flips", "points", "point_weights"):
+            assert torch.equal(getattr(got, name), getattr(want, name)), name
+        torch.testing.assert_close(got.maps, want.maps, rtol=0, atol=1e-4)
+        diff = (got.images.float() - want.images.float()).abs()
+        assert diff.mean() < 2.0, diff.mean()
+    half = make_dali_loader(path, 48, device_id=0, normalize=True, half=True, **common)
+    batch = next(iter(half))
+    assert batch.images.dtype == torch.float16 and batch.images.is_cuda

@@ -224,10 +224,11 @@ class BetonBatchSource:
         """Per sample, its JPEG stream (a view of the file) or its raw pixels as a PPM."""
         data, im = self.beton.data, self.images
         out = []
-        for i in indices.tolist():
-            region = data[im.ptr[i] : im.ptr[i] + im.nbytes[i]]
+        for i, ptr, n in zip(indices.tolist(), im.ptr[indices].tolist(),
+                             im.nbytes[indices].tolist(), strict=True):  # fmt: skip
+            region = data[ptr : ptr + n]
             if im.mode[i] == RAW_MODE:
-                region = _ppm(region, im.width[i], im.height[i])
+                region = _ppm(region, int(im.width[i]), int(im.height[i]))
             out.append(region)
         return out
 
