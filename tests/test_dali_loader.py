@@ -314,3 +314,21 @@ def test_gpu_pipeline_matches_cpu_pipeline(dataset):
     half = make_dali_loader(path, 48, device_id=0, normalize=True, half=True, **common)
     batch = next(iter(half))
     assert batch.images.dtype == torch.float16 and batch.images.is_cuda
+
+
+@pytest.mark.timeout(60)
+def test_plain_file_without_byproducts(tmp_path):
+    """A .beton built without byproducts (image, label, index): maps and points are None,
+    the field names are found by themselves, all-JPEG storage."""
+    path = tmp_path / "plain.beton"
+    samples = [marked_sample(i) for i in range(20)]
+    fields = {"image": RGBImageField(write_mode="jpg"), "label": IntField(), "index": IntField()}
+    rows = [(s.image, s.label, i) for i, s in enumerate(samples)]
+    DatasetWriter(str(path), fields, num_workers=1).from_indexed_dataset(rows)
+    loader = make_dali_loader(path, 8, train=False, image_size=32, **CPU)
+    batches = list(loader)
+    assert [len(b.indices) for b in batches] == [8, 8, 4] and len(loader) == 3
+    assert all(b.maps is None and b.points is None and b.point_weights is None for b in batches)
+    labels = torch.cat([b.labels for b in batches])
+    assert labels.tolist() == [s.label for s in samples]
+    assert batches[0].images.shape == (8, 3, 32, 32)

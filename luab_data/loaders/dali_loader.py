@@ -50,6 +50,7 @@ from nvidia.dali import fn, pipeline_def, types
 from torch.utils.data import DistributedSampler
 
 from luab_data import geometry as geo
+from luab_data.loaders.beton_file import field_names
 from luab_data.loaders.beton_reader import RAW_MODE, BatchBetonFile, ImageTable
 from luab_data.loaders.ffcv_loader import IMAGENET_MEAN, IMAGENET_STD, Batch, FieldNames
 
@@ -357,7 +358,7 @@ class DaliLoader:
         )
         self.pipe = _graph(
             self.source, options, device_id is not None, batch_size=self.batch_size,
-            num_threads=num_threads or _available_cores(), device_id=device_id,
+            num_threads=num_threads or _default_threads(device_id), device_id=device_id,
             prefetch_queue_depth=prefetch_queue_depth, seed=rule.seed, exec_dynamic=True,
         )  # fmt: skip
         self.pipe.build()
@@ -469,11 +470,15 @@ def _array_field(beton: BatchBetonFile, name: str) -> NDArrayField:
     return field
 
 
-def _available_cores() -> int:
+def _default_threads(device_id: int | None) -> int:
+    """All cores for a CPU pipeline; a GPU's share of them when several GPUs (DDP ranks, one
+    loader each) share the host."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    gpus = torch.cuda.device_count() if device_id is not None else 1
+    return max(1, cores // max(gpus, 1))
 
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -500,21 +505,26 @@ def make_dali_loader(
     ratio: tuple[float, float] = geo.DEFAULT_RATIO,
     flip_p: float = 0.5,
     center_ratio: float = geo.DEFAULT_CENTER_RATIO,
-    names: FieldNames = FieldNames(),
+    names: FieldNames | None = None,
+    decoder_options: dict[str, Any] | None = None,
     **loader_options: Any,
 ) -> DaliLoader:
     """The DALI loader with the FFCV loader's knobs. ``train``: RandomResizedCrop + flip from
     (seed, epoch, index), shuffled, last partial batch dropped (unless ``drop_last`` says
     otherwise); else resize + center crop, sequential, nothing dropped. Sizes are (H, W) or an
-    int for a square. ``device_id=None``: CPU only; an int: GPU decoding on that device.
-    ``loader_options``: ``shuffle``, ``indices``, ``prefetch_queue_depth`` of DaliLoader."""
+    int for a square. ``device_id=None``: CPU only; an int: GPU decoding on that device
+    (``num_threads`` None: the cores divided by the GPUs). ``names`` None: the fields of a
+    luab-data .beton (``beton_file.field_names``: ``labels`` for COCO-AB, no map/point when
+    built without byproducts). ``decoder_options``: extra ``fn.decoders.image_slice`` arguments
+    (e.g. ``preallocate_width_hint``). ``loader_options``: ``shuffle``, ``indices``,
+    ``prefetch_queue_depth`` of DaliLoader."""
     rule = CropRule(train, seed, scale, ratio, flip_p, center_ratio)
     options = GraphOptions(
         image_size=_pair(image_size), map_size=_pair(map_size), normalize=normalize,
-        half=half, hw_decoder_load=hw_decoder_load,
+        half=half, hw_decoder_load=hw_decoder_load, decoder_options=dict(decoder_options or {}),
     )  # fmt: skip
     return DaliLoader(
-        path, batch_size, rule=rule, options=options, names=names, shard_id=shard_id,
-        num_shards=num_shards, drop_last=drop_last, device_id=device_id,
+        path, batch_size, rule=rule, options=options, names=names or field_names(path),
+        shard_id=shard_id, num_shards=num_shards, drop_last=drop_last, device_id=device_id,
         num_threads=num_threads, **loader_options,
     )  # fmt: skip
