@@ -147,7 +147,8 @@ def summary(values: list[float]) -> dict[str, Any]:
 
 
 def machine(args: argparse.Namespace) -> dict[str, Any]:
-    import ffcv
+    from importlib.metadata import version
+
     import nvidia.dali
 
     cpuinfo = Path("/proc/cpuinfo")
@@ -157,9 +158,10 @@ def machine(args: argparse.Namespace) -> dict[str, Any]:
         "cpu": models[0] if models else platform.machine(),
         "cores": os.cpu_count(),
         "cores_available": len(os.sched_getaffinity(0)),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
         "python": platform.python_version(),
         "dali": nvidia.dali.__version__,
-        "ffcv": getattr(ffcv, "__version__", "1.0.2"),
+        "ffcv": version("ffcv"),  # ffcv.__version__ says 0.0.3rc1 in the 1.0.2 wheel
         "torch": torch.__version__,
         "numpy": np.__version__,
         "opencv": cv2.__version__,

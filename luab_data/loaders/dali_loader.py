@@ -22,15 +22,16 @@ per-sample window then drives
 * the reported boxes and flips: the window itself, passed through the pipeline with its batch.
 
 Everything a batch needs travels through the pipeline together, so prefetching cannot pair a
-batch with another batch's crops. Output tensors are fresh per batch (no reuse, unlike FFCV).
+batch with another batch's crops. Output tensors are DLPack views that own their DALI buffers:
+a later batch never overwrites them (unlike FFCV's reused buffers), nothing needs cloning.
 
 Devices: ``device_id=None`` runs every operator on the CPU (DALI's CPU-only mode, used in CI);
 an integer decodes with ``device="mixed"`` (nvJPEG; the A100/H100 hardware JPEG decoder takes
 ``hw_decoder_load`` of the work) and resizes, mirrors, normalises and resamples maps on that GPU.
 
 Images may be stored as JPEG or raw (FFCV's ``write_mode`` raw/proportion/smart): a raw image is
-handed to the decoder as a binary PPM (a 15-byte header before the stored RGB bytes), which DALI
-decodes on the CPU even in mixed mode, so one graph serves both.
+handed to the decoder as a binary PPM (a short text header before the stored RGB bytes), which
+DALI decodes on the CPU even in mixed mode, so one graph serves both.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ from luab_data.loaders.beton_file import field_names
 from luab_data.loaders.beton_reader import RAW_MODE, BatchBetonFile, ImageTable
 from luab_data.loaders.ffcv_loader import IMAGENET_MEAN, IMAGENET_STD, Batch, FieldNames
 
+# source outputs that leave the pipeline as they came in (copied to the GPU in mixed mode)
+PASSED_THROUGH = ("boxes", "mirror", "labels", "points", "weights", "indices")
 _DALI_TYPES = {
     np.dtype(np.uint8): types.UINT8,
     np.dtype(np.int16): types.INT16,
@@ -142,9 +145,10 @@ def _transform_batch_points(points, boxes, flips, out):
 def _ppm(raw: np.ndarray, width: int, height: int) -> np.ndarray:
     """Stored raw RGB pixels as a binary PPM stream, which DALI's decoders read."""
     header = f"P6\n{width} {height}\n255\n".encode()
-    out = np.empty(len(header) + raw.size, np.uint8)
+    n = width * height * 3
+    out = np.empty(len(header) + n, np.uint8)
     out[: len(header)] = np.frombuffer(header, np.uint8)
-    out[len(header) :] = raw
+    out[len(header) :] = raw[:n]
     return out
 
 
@@ -258,7 +262,7 @@ class GraphOptions:
     decoder_options: dict[str, Any] = field(default_factory=dict)
 
 
-@pipeline_def(enable_conditionals=False)
+@pipeline_def
 def _graph(source: BetonBatchSource, options: GraphOptions, gpu: bool):
     nodes = dict(
         zip(source.outputs, fn.external_source(
@@ -269,10 +273,17 @@ def _graph(source: BetonBatchSource, options: GraphOptions, gpu: bool):
     outputs = {"images": _images(nodes, options, gpu)}
     if source.has_map:
         outputs["maps"] = _maps(nodes, options, source, gpu)
-    for name in ("boxes", "mirror", "labels", "points", "weights", "indices"):
+    for name in PASSED_THROUGH:
         if name in nodes:
             outputs[name] = nodes[name].gpu() if gpu else nodes[name]
+    assert list(outputs) == pipeline_outputs(source)  # the order _assemble reads them in
     return tuple(outputs.values())
+
+
+def pipeline_outputs(source: BetonBatchSource) -> list[str]:
+    """Names of the pipeline's outputs, in order."""
+    names = ["images", *(["maps"] if source.has_map else [])]
+    return names + [name for name in PASSED_THROUGH if name in source.outputs]
 
 
 def _images(nodes: dict[str, Any], options: GraphOptions, gpu: bool) -> Any:
@@ -435,9 +446,7 @@ class DaliLoader:
     # ------------------------------------------------ outputs
 
     def _assemble(self, outputs: Sequence[Any]) -> Batch:
-        names = ["images", *(["maps"] if self.source.has_map else [])]
-        names += [n for n in ("boxes", "mirror", "labels", "points", "weights", "indices")
-                  if n in self.source.outputs]  # fmt: skip
+        names = pipeline_outputs(self.source)
         out = {name: self._to_torch(tl) for name, tl in zip(names, outputs, strict=True)}
         points, weights = out.get("points"), out.get("weights")
         if self._squeeze_points:
