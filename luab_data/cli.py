@@ -144,22 +144,10 @@ def build(ctx, src, kind, classes_file, coco_policy, images, with_images, out, f
     if fmt == "beton":
         if ctx.get_parameter_source("coco_policy").name == "DEFAULT":
             coco_policy = recipe.get("build", {}).get("coco_policy", coco_policy)
+        beton["with_images"] = with_images
         try:
-            summary = run_beton_build(
-                src,
-                kind,
-                classes_file,
-                coco_policy,
-                images,
-                out,
-                shard,
-                strict,
-                overwrite,
-                workers,
-                quiet,
-                recipe,
-                beton,
-            )
+            summary = run_beton_build(src, kind, classes_file, coco_policy, images, out, shard,
+                                      strict, overwrite, workers, quiet, recipe, beton)  # fmt: skip
         except (SourceError, StrictError, FileExistsError, ValueError) as err:
             _fail(err)
         click.echo("\n".join(summary.lines()))

@@ -59,12 +59,19 @@ def beton_options(build: dict[str, Any], n_classes: int = 0) -> BetonOptions:
     return BetonOptions(raster=cfg, **options)
 
 
-def loader_kwargs(recipe: dict, train: bool = True) -> dict[str, Any]:
-    """Keyword arguments for CoupledLoader / ReferenceLoader from a recipe's `loader`
-    section (`order` becomes FFCV's OrderOption where FFCV is used)."""
+def loader_kwargs(recipe: dict, train: bool = True, ffcv: bool = True) -> dict[str, Any]:
+    """Keyword arguments of CoupledLoader (``ffcv``) or ReferenceLoader from a recipe's
+    `loader` section; validation reads in order.
+
+    >>> CoupledLoader(path, names=field_names(path), **loader_kwargs(load_recipe("coco-ab")))
+    """
     kwargs = dict(recipe.get("loader", {}))
     for key in ("scale", "ratio", "map_size"):
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])
-    kwargs["train"] = train
-    return kwargs
+    order = kwargs.get("order", "random") if train else "sequential"
+    if ffcv:
+        from ffcv.loader import OrderOption
+
+        order = OrderOption[order.upper()]
+    return {**kwargs, "train": train, "order": order}

@@ -224,3 +224,19 @@ def test_records_and_image_folder_match_the_beton(root):
     assert checked >= 10
     batch = collate([loader.dataset[i] for i in range(4)], squeeze_points=True)
     assert batch["point"].shape == (4, 3) and batch["image"].dtype == torch.uint8
+
+
+def test_recipe_loader_settings(root):
+    from ffcv.loader import OrderOption
+
+    from luab_data.recipes import load_recipe, loader_kwargs
+
+    recipe = load_recipe("sample")
+    assert loader_kwargs(recipe)["order"] == OrderOption.RANDOM
+    path = built(root, "coco-ab")
+    kwargs = {**loader_kwargs(recipe, train=False, ffcv=False), "batch_size": 16,
+              "num_workers": 0, "image_size": 64}  # fmt: skip
+    batch = next(iter(ReferenceLoader(path, names=field_names(path), **kwargs)))
+    assert batch.images.shape == (16, 3, 64, 64) and not batch.flips.any()
+    assert batch.indices.tolist() == list(range(16)) and batch.labels.shape == (16, 80)
+    assert batch.maps.shape == (16, 2, 14, 14) and batch.points.shape == (16, 80, 2)

@@ -228,8 +228,10 @@ def _labels(table: pa.Table, n_labels: int) -> np.ndarray:
 
 
 def decode_rgb(data: bytes | np.ndarray) -> np.ndarray:
-    """JPEG (or any format OpenCV reads: ImageNet has a few PNG and CMYK files) -> RGB."""
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    """JPEG (or any format OpenCV reads: ImageNet has a few PNG and CMYK files) -> RGB.
+    EXIF orientation is ignored, as PIL (torchvision's ImageFolder, ffcv-imagenet) does."""
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if bgr is None:
         raise ValueError("undecodable image")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -498,11 +500,12 @@ def build_beton(
 
 
 def _clear_previous(final: Path, overwrite: bool) -> None:
+    """Drop the manifest of a build being redone: the old file then no longer looks complete
+    (it is replaced by a rename only once the new one is)."""
     done = manifest_path(final)
     if done.exists() and not overwrite:
         raise FileExistsError(f"{done} exists: shard already built (use --overwrite to redo)")
-    for path in (done, final, rejects_path(final)):  # manifest first: never looks complete
-        path.unlink(missing_ok=True)
+    done.unlink(missing_ok=True)
 
 
 def _commit(final: Path, tmp: Path, spill: Spill, manifest: dict) -> None:

@@ -102,6 +102,8 @@ def run_beton_build(src, kind, classes_file, coco_policy, images, out, shard, st
     ones are rejected while reading); records and Parquet get the folder at packing time."""
     if not str(out).endswith(".beton"):
         raise ValueError(f"--out {out}: a .beton output needs a file name ending in .beton")
+    if given.get("with_images"):
+        raise ValueError("--with-images is for Parquet: a .beton always holds the images")
     kind = kind or detect_kind(Path(src))
     own_images = kind not in (RECORDS, PARQUET)
     classes = read_class_file(classes_file) if classes_file else None
