@@ -214,8 +214,10 @@ def load_summary(rates: dict[str, list[float]]) -> dict:
 
 def _sizes(tiny: bool, quick: bool) -> tuple[int, int, int, tuple[int, int]]:
     """(images, load reps, pack reps, image sides)."""
+    import ffcv.fields  # noqa: F401  (its 5 s import is not part of any timing)
+
     if tiny:
-        return 128, 1, 1, (96, 160)
+        return 64, 1, 1, (96, 160)
     return (500, 3, 2, (256, 480)) if quick else (1000, 5, 3, (256, 480))
 
 
@@ -269,10 +271,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("/tmp/luab-bench-load"))
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
-    import ffcv.fields  # noqa: F401  (its 5 s import is not part of any timing)
-
     from luab_data.bench import machine_info
 
+    _sizes(False, False)  # imports FFCV before any timing
     machine = machine_info()
     sample = prepare(args.data, args.n)
     pack = bench_pack(sample, args.data, args.pack_reps, _workers())
