@@ -104,7 +104,8 @@ def show_grid(path: str | Path, out: str | Path, *, n: int = 16, cols: int = 4,
     classes = manifest.get("metadata", {}).get("classes", [])
     map_names = manifest.get("fields", {}).get("map", {}).get("channels", ["click", "trace"])
     if channel != "max" and channel not in map_names:
-        raise ValueError(f"no map channel {channel!r}: use max or one of {map_names}")
+        names = ", ".join(map_names[:6]) + (", ..." if len(map_names) > 6 else "")
+        raise ValueError(f"no map channel {channel!r}: use max or one of {names}")
     samples = BetonSamples(path, field_names(path))
     dataset = ReferenceDataset(samples, Augment(train, (size, size), (map_size, map_size), seed))
     dataset.epoch = epoch
