@@ -291,10 +291,11 @@ def _images(nodes: dict[str, Any], options: GraphOptions, gpu: bool) -> Any:
     decoder_args = dict(options.decoder_options)
     if gpu:
         decoder_args.setdefault("hw_decoder_load", options.hw_decoder_load)
+    # no EXIF rotation: crops are drawn on the stored raster, which is how FFCV decodes it
     images = fn.decoders.image_slice(
         nodes["encoded"], nodes["anchor"], nodes["shape"], device="mixed" if gpu else "cpu",
         normalized_anchor=False, normalized_shape=False, axis_names="WH",
-        output_type=types.RGB, **decoder_args,
+        output_type=types.RGB, adjust_orientation=False, **decoder_args,
     )  # fmt: skip
     # linear + antialias: a triangle filter as wide as the scale when shrinking (FFCV uses
     # OpenCV's INTER_AREA box filter; the two differ by a few grey levels on edges)
