@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-STAGES = ("ingest", "raster", "pack", "load", "train")
+STAGES = ("ingest", "raster", "pack", "load", "dali", "train")
 
 
 def benchmarks_dir() -> Path:
