@@ -134,9 +134,9 @@ def bench_pack(sample: Path, work: Path, reps: int, workers: int) -> dict:
             PACK_BARE: lambda: _build(sample, paths[PACK_BARE], False, workers),
             PACK_FFCV: lambda: _plain_write(sample, paths[PACK_FFCV], workers)}  # fmt: skip
     seconds: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(reps):  # interleaved, so a busy moment of the shared machine hits all
-        for name, job in runs.items():
-            seconds[name].append(job())
+    for rep in range(reps):  # interleaved, so a busy moment of the shared machine hits all
+        for name in rotated(list(runs), rep):
+            seconds[name].append(runs[name]())
     sizes = {k: p.stat().st_size for k, p in paths.items()}
     payload = {k: payload_bytes(p) for k, p in paths.items()}
     return {"images": n, "seconds": {k: spread(v) for k, v in seconds.items()},
@@ -196,10 +196,16 @@ def bench_loaders(loaders: dict, reps: int) -> dict[str, list[float]]:
     for loader in loaders.values():
         epoch_rate(loader)  # compile, start workers once, warm the page cache
     rates: dict[str, list[float]] = {k: [] for k in loaders}
-    for _ in range(reps):
-        for name, loader in loaders.items():
-            rates[name].append(epoch_rate(loader))
+    for rep in range(reps):
+        for name in rotated(list(loaders), rep):
+            rates[name].append(epoch_rate(loaders[name]))
     return rates
+
+
+def rotated(names: list[str], rep: int) -> list[str]:
+    """A different order every repetition: no contender always runs after the same one."""
+    k = rep % len(names)
+    return names[k:] + names[:k]
 
 
 def load_summary(rates: dict[str, list[float]]) -> dict:
