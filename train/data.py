@@ -40,11 +40,12 @@ class FolderSplit:
         rank: int = 0,
         world: int = 1,
         center_ratio: float = geo.DEFAULT_CENTER_RATIO,
+        classes: list[str] | None = None,
     ) -> None:
         self.folder = Path(folder)
         rows = _read_labels(self.folder / "labels.csv")
         self.paths = [_image_path(self.folder, r["image"]) for r in rows]
-        self.labels = torch.tensor([int(r["class"]) for r in rows], dtype=torch.int64)
+        self.labels = torch.tensor(_label_indices(rows, classes), dtype=torch.int64)
         size = np.array([[float(r["width"]), float(r["height"])] for r in rows])
         box = np.array([[float(r[k]) for k in ("box_x0", "box_y0", "box_x1", "box_y1")]
                         for r in rows])  # fmt: skip
@@ -97,6 +98,16 @@ class FolderSplit:
         rgb = cv2.cvtColor(cv2.resize(crop, (self.image_size,) * 2, interpolation=cv2.INTER_AREA),
                            cv2.COLOR_BGR2RGB)  # fmt: skip
         return torch.from_numpy(rgb).permute(2, 0, 1), torch.tensor(box, dtype=torch.float32)
+
+
+def _label_indices(rows: list[dict[str, str]], classes: list[str] | None) -> list[int]:
+    """Labels as the training file numbers them: the position of the row's wnid in
+    ``classes`` (the .beton manifest's list), by default the sorted wnids (the ImageFolder
+    convention of the official loader); never the sample's own ``class`` column, whose
+    order (Fashion-MNIST's) differs."""
+    classes = classes or sorted({r["wnid"] for r in rows})
+    index = {wnid: i for i, wnid in enumerate(classes)}
+    return [index[r["wnid"]] for r in rows]
 
 
 def _read_labels(path: Path) -> list[dict[str, str]]:

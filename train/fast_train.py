@@ -83,7 +83,7 @@ class Config:
     model: str = _opt("resnet50", "resnet_small | resnet18 | resnet50 | timm:<name>")
     compile: bool = _opt(False, "torch.compile the training model")
     amp: str = _opt("auto", "auto (bf16 on CUDA) | bf16 | off")
-    channels_last: str = _opt("auto", "auto (on CUDA) | on | off")
+    channels_last: str = _opt("on", "on | off (channels-last is faster on CUDA and oneDNN CPUs)")
     # loss
     label_smoothing: float = _opt(0.1, "cross-entropy label smoothing (multi-class)")
     lam: float = _opt(0.0, "λ: weight of the point loss (0: no point head)")
@@ -91,6 +91,8 @@ class Config:
     point_loss: str = _opt("l1", "l1 | l2 | smooth_l1, on valid points only")
     att_loss: str = _opt("kl", "kl (map as a distribution) | bce (map / its max)")
     att_channels: list = _opt([], "map channels to predict (default all: 0 clicks, 1 trace)")
+    att_pool: bool = _opt(False, "classifier pools features weighted by the predicted map "
+                          "(channel 0), not uniformly: an extension, off in the paper's recipe")
     # optimisation
     epochs: int = _opt(16, "training epochs")
     lr: float = _opt(0.5, "peak learning rate")
@@ -177,7 +179,7 @@ def setup_runtime(cfg: Config) -> Runtime:
         torch.set_num_threads(cfg.threads)
     on_gpu = device.type == "cuda"
     amp = torch.bfloat16 if cfg.amp == "bf16" or (cfg.amp == "auto" and on_gpu) else None
-    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and on_gpu)
+    channels_last = cfg.channels_last == "on"
     return Runtime(rank, world, device, amp, channels_last)
 
 
@@ -269,14 +271,23 @@ class EvalSet:
     object_boxes: torch.Tensor | None  # (N, 4) normalised, by sample index; None: no boxes
 
 
+def train_classes(cfg: Config) -> list[str] | None:
+    """Class names in label order from the training .beton's manifest (None if absent)."""
+    manifest = Path(cfg.train + ".json")
+    if cfg.synthetic or not manifest.exists():
+        return None
+    return json.loads(manifest.read_text()).get("metadata", {}).get("classes")
+
+
 def make_eval_sets(cfg: Config, rt: Runtime) -> list[EvalSet]:
     """``--val [name=]path``: a folder with labels.csv (has object boxes) or a .beton."""
-    sets = []
+    sets, classes = [], train_classes(cfg)
     for spec in cfg.val:
         name, _, path = spec.rpartition("=")
         name = name or Path(path).stem
         if Path(path, "labels.csv").exists():
-            split = FolderSplit(path, cfg.batch_size, cfg.val_res, rank=rt.rank, world=rt.world)
+            split = FolderSplit(path, cfg.batch_size, cfg.val_res, rank=rt.rank, world=rt.world,
+                                classes=classes)  # fmt: skip
             sets.append(EvalSet(name, split, split.object_boxes))
             continue
         from luab_data.loaders.ffcv_loader import CoupledLoader, FieldNames
@@ -313,7 +324,8 @@ def build_model(cfg: Config, info: DataInfo) -> LuabNet:
     """Heads exist whatever λ, μ (same init for every run of a seed); an unused head is frozen
     so that DDP and the optimiser skip it."""
     n_maps = len(cfg.att_channels) if cfg.att_channels else info.map_channels
-    net = LuabNet(make_backbone(cfg.model), info.num_classes, max(info.n_points, 1), n_maps or 1)
+    net = LuabNet(make_backbone(cfg.model), info.num_classes, max(info.n_points, 1), n_maps or 1,
+                  attention_pool=cfg.att_pool)  # fmt: skip
     net.point_head.requires_grad_(cfg.lam > 0)
     net.attention_head.requires_grad_(cfg.mu > 0)
     return net
