@@ -136,6 +136,7 @@ def bench_pack(sample: Path, work: Path, reps: int, workers: int) -> dict:
     seconds: dict[str, list[float]] = {k: [] for k in runs}
     for rep in range(reps):  # interleaved, so a busy moment of the shared machine hits all
         for name in rotated(list(runs), rep):
+            paths[name].unlink(missing_ok=True)  # freeing the last run's file is not packing
             seconds[name].append(runs[name]())
     sizes = {k: p.stat().st_size for k, p in paths.items()}
     payload = {k: payload_bytes(p) for k, p in paths.items()}

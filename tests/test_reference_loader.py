@@ -240,3 +240,18 @@ def test_recipe_loader_settings(root):
     assert batch.images.shape == (16, 3, 64, 64) and not batch.flips.any()
     assert batch.indices.tolist() == list(range(16)) and batch.labels.shape == (16, 80)
     assert batch.maps.shape == (16, 2, 14, 14) and batch.points.shape == (16, 80, 2)
+
+
+def test_normalised_images_on_a_device(root):
+    from luab_data.loaders.ffcv_loader import IMAGENET_MEAN, IMAGENET_STD
+
+    path = built(root, "imagenet-ab")
+    common = {"batch_size": 8, "train": False, "image_size": 32, "num_workers": 0,
+              "indices": range(8), "names": field_names(path)}  # fmt: skip
+    raw = next(iter(ReferenceLoader(path, **common)))
+    norm = next(iter(ReferenceLoader(path, normalize=True, device="cpu", **common)))
+    assert norm.images.dtype == torch.float32
+    assert norm.images.is_contiguous(memory_format=torch.channels_last)
+    mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)
+    torch.testing.assert_close(norm.images * std + mean, raw.images.float(), atol=1e-3, rtol=0)

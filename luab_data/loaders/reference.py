@@ -178,7 +178,9 @@ class ReferenceLoader:
 
     Options mirror CoupledLoader: ``train``, ``image_size``, ``map_size``, ``seed``, ``scale``,
     ``ratio``, ``flip_p``, ``center_ratio``; ``order`` 'random' or 'sequential' (the shuffle is
-    a function of (seed, epoch)); ``indices`` a subset; ``normalize`` gives float images.
+    a function of (seed, epoch)); ``indices`` a subset; ``distributed`` gives rank r of world
+    size w every w-th sample of the epoch's order; ``device`` moves batches there (pinned,
+    non-blocking) and ``normalize`` then gives float images computed on it.
     ``src`` is a .beton, or records/Parquet with ``images`` (the folder of the JPEGs).
     """
 
@@ -200,6 +202,8 @@ class ReferenceLoader:
         indices: Sequence[int] | None = None,
         drop_last: bool | None = None,
         normalize: bool = False,
+        distributed: bool = False,
+        device: torch.device | str | None = None,
         names: FieldNames = FieldNames(),
         images: str | Path | None = None,
         options: Any = None,
@@ -216,6 +220,8 @@ class ReferenceLoader:
         self.order = order or ("random" if train else "sequential")
         self.indices = np.arange(len(samples)) if indices is None else np.asarray(indices)
         self.drop_last = train if drop_last is None else drop_last
+        self.distributed = distributed
+        self.device = None if device is None else torch.device(device)
         point_shape = samples.points(0).shape if samples.has_point else None
         self._squeeze = point_shape == (2,)
         self.next_epoch = 0
@@ -232,27 +238,34 @@ class ReferenceLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _order(self, epoch: int) -> np.ndarray:
-        if self.order == "sequential":
-            return self.indices
-        rng = np.random.default_rng([self.dataset.augment.seed, epoch])
-        return rng.permutation(self.indices)
+        order = self.indices
+        if self.order != "sequential":
+            order = np.random.default_rng([self.dataset.augment.seed, epoch]).permutation(order)
+        if self.distributed:  # every rank draws the same permutation and takes its share
+            import torch.distributed as dist
+
+            order = order[dist.get_rank() :: dist.get_world_size()]
+        return order
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
         self.dataset.epoch = epoch  # forked workers copy the dataset when the epoch starts
+        pin = self.device is not None and self.device.type == "cuda"
         loader = DataLoader(self.dataset, self.batch_size, sampler=self._order(epoch).tolist(),
                             num_workers=self.num_workers, drop_last=self.drop_last,
-                            collate_fn=self._collate)  # fmt: skip
+                            collate_fn=self._collate, pin_memory=pin)  # fmt: skip
         return (self._batch(b) for b in loader)
 
     def _collate(self, samples: list[dict]) -> dict:
         return collate(samples, self._squeeze)
 
     def _batch(self, b: dict) -> Batch:
+        if self.device is not None:
+            b = {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
         images = b["image"].permute(0, 3, 1, 2)  # NHWC memory: channels-last, as FFCV's
         if self.normalize:
-            mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)
-            std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)
+            mean = torch.tensor(IMAGENET_MEAN, device=images.device).reshape(1, 3, 1, 1)
+            std = torch.tensor(IMAGENET_STD, device=images.device).reshape(1, 3, 1, 1)
             images = ((images.float() - mean) / std).contiguous(memory_format=torch.channels_last)
         point = b.get("point")
         return Batch(
