@@ -43,7 +43,12 @@ from torch import nn
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from luab_data.loaders.ffcv_loader import IMAGENET_MEAN, IMAGENET_STD, Batch  # noqa: E402
+from luab_data.loaders.ffcv_loader import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Batch,
+    FieldNames,
+)
 from train.data import FolderSplit, SyntheticLoader  # noqa: E402
 from train.models import LuabNet, make_backbone  # noqa: E402
 
@@ -137,18 +142,42 @@ def parse_args(argv: list[str] | None = None) -> Config:
     return Config(**args)
 
 
-def _read_config(path: str) -> dict[str, Any]:
-    text = Path(path).read_text()
-    if path.endswith(".json"):
-        values = json.loads(text)
-    else:
-        import yaml
+# keys of a data recipe's loader section the trainer takes, and their Config names
+_FROM_LOADER = {"batch_size": "batch_size", "num_workers": "workers", "scale": "crop_scale"}
 
-        values = yaml.safe_load(text) or {}
+
+def _read_config(path: str) -> dict[str, Any]:
+    """Config values from a file: flat Config fields, or a recipe of pipelines/ whose
+    ``loader`` section (batch size, workers, crop scale) and optional ``trainer`` section
+    (Config fields) apply, after those of the data recipe it names in ``recipe``."""
+    data = _load_file(path)
+    if not {"loader", "trainer", "recipe"} & set(data):
+        values = data
+    else:
+        values = {}
+        if "recipe" in data:
+            from luab_data.recipes import load_recipe
+
+            values.update(_loader_values(load_recipe(data["recipe"]).get("loader", {})))
+        values.update(_loader_values(data.get("loader", {})))
+        values.update(data.get("trainer", {}))
     unknown = set(values) - {f.name for f in fields(Config)}
     if unknown:
-        raise SystemExit(f"{path}: unknown keys {sorted(unknown)}")
+        raise SystemExit(f"{path}: unknown trainer settings {sorted(unknown)}")
     return values
+
+
+def _load_file(path: str) -> dict[str, Any]:
+    text = Path(path).read_text()
+    if path.endswith(".json"):
+        return json.loads(text)
+    import yaml
+
+    return yaml.safe_load(text) or {}
+
+
+def _loader_values(loader: dict[str, Any]) -> dict[str, Any]:
+    return {_FROM_LOADER[k]: v for k, v in loader.items() if _FROM_LOADER.get(k)}
 
 
 # ============================================================================== devices, seeds
@@ -250,18 +279,40 @@ def make_train_loader(
         )  # fmt: skip
     common = dict(batch_size=cfg.batch_size, image_size=res, map_size=map_hw, seed=cfg.seed,
                   num_workers=cfg.workers)  # fmt: skip
+    names = FieldNames(label=cfg.label_field, map=cfg.map_field or None,
+                       point=cfg.point_field or None)  # fmt: skip
     if cfg.loader == "ffcv":
-        from luab_data.loaders.ffcv_loader import CoupledLoader, FieldNames
+        from luab_data.loaders.ffcv_loader import CoupledLoader
 
         on_gpu = rt.device.type == "cuda"
-        names = FieldNames(label=cfg.label_field, map=cfg.map_field or None,
-                           point=cfg.point_field or None)  # fmt: skip
         return CoupledLoader(
             cfg.train, train=True, scale=tuple(cfg.crop_scale), distributed=rt.world > 1,
             device=rt.device if on_gpu else None, normalize=on_gpu,
             image_dtype=rt.amp or torch.float32, names=names, **common,
         )  # fmt: skip
-    raise SystemExit(f"--loader {cfg.loader}: not available yet")
+    if cfg.loader == "dali":
+        from luab_data.loaders.dali_loader import make_dali_loader
+
+        gpu = rt.device.index if rt.device.type == "cuda" else None
+        return make_dali_loader(
+            cfg.train, cfg.batch_size, train=True, image_size=res, map_size=map_hw,
+            seed=cfg.seed, shard_id=rt.rank, num_shards=rt.world, device_id=gpu,
+            num_threads=cfg.workers, normalize=gpu is not None, scale=tuple(cfg.crop_scale),
+            names=names,
+        )  # fmt: skip
+    if cfg.loader == "torch":
+        from luab_data.loaders.reference import ReferenceLoader
+
+        shard = None if rt.world == 1 else range(rt.rank, _n_samples(cfg.train), rt.world)
+        return ReferenceLoader(cfg.train, scale=tuple(cfg.crop_scale), indices=shard,
+                               names=names, **common)  # fmt: skip
+    raise SystemExit(f"unknown --loader {cfg.loader!r}: ffcv | dali | torch")
+
+
+def _n_samples(path: str) -> int:
+    from ffcv.reader import Reader
+
+    return int(Reader(path).num_samples)
 
 
 @dataclass
@@ -290,7 +341,7 @@ def make_eval_sets(cfg: Config, rt: Runtime) -> list[EvalSet]:
                                 classes=classes)  # fmt: skip
             sets.append(EvalSet(name, split, split.object_boxes))
             continue
-        from luab_data.loaders.ffcv_loader import CoupledLoader, FieldNames
+        from luab_data.loaders.ffcv_loader import CoupledLoader
 
         loader = CoupledLoader(
             path, cfg.batch_size, train=False, image_size=cfg.val_res, num_workers=cfg.workers,
@@ -661,6 +712,7 @@ class MetricsLog:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    wall_start = time.perf_counter()
     cfg = parse_args(argv)
     rt = setup_runtime(cfg)
     seed_everything(cfg.seed)
@@ -701,7 +753,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             save_checkpoint(out / "checkpoint.pt", net, opt, ema, epoch, cfg)
         if cfg.stop_after_epoch and epoch + 1 >= cfg.stop_after_epoch:
             break
-    final = {"train": stats, **summary}
+    final = {"train": stats, **summary, "cpu_s": time.process_time(),
+             "wall_s": time.perf_counter() - wall_start}  # fmt: skip
     log.write("final", **final)
     return final
 

@@ -155,7 +155,7 @@ def make_backbone(name: str) -> nn.Module:
 
 
 class LuabNet(nn.Module):
-    """Backbone + classifier + point head (pooled features -> K (x, y) in crop coordinates)
+    """Backbone + classifier + point head (pooled features -> K (x, y) in [0, 1] crop coordinates)
     + attention head (feature map -> one logit map per attention channel).
 
     The backbone and classifier are built first, so with one seed a LuabNet and a plain
@@ -192,7 +192,9 @@ class LuabNet(nn.Module):
         pooled = features.mean((2, 3))
         out = {"features": features}
         if points and self.point_head is not None:
-            out["points"] = self.point_head(pooled).view(-1, self.n_points, 2)
+            # sigmoid: targets are crop coordinates in [0, 1]; a bounded output keeps the
+            # regression from running away at high learning rates times a large λ
+            out["points"] = torch.sigmoid(self.point_head(pooled)).view(-1, self.n_points, 2)
         if (attention or self.attention_pool) and self.attention_head is not None:
             out["attention"] = self.attention_head(features)
         if self.attention_pool:
