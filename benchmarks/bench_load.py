@@ -118,6 +118,13 @@ def _plain_write(sample: Path, out: Path, workers: int) -> float:
     return time.perf_counter() - start
 
 
+def jpeg_share(path: Path) -> float:
+    """Share of images stored as JPEG (the rest raw): JPEG encoding is most of packing's work."""
+    from luab_data.loaders.beton_file import JPEG_MODE, BetonFile
+
+    return float((BetonFile(path).metadata("image")["mode"] == JPEG_MODE).mean())
+
+
 def payload_bytes(path: Path) -> int:
     """Bytes of samples and metadata, without FFCV's page padding (8 MiB pages)."""
     from ffcv.reader import Reader
@@ -145,6 +152,7 @@ def bench_pack(sample: Path, work: Path, reps: int, workers: int) -> dict:
             "time_ratio": {f"{PACK_OURS} / {k}": spread([a / b for a, b in zip(
                 seconds[PACK_OURS], seconds[k], strict=True)]) for k in (PACK_BARE, PACK_FFCV)},
             "file_bytes": sizes, "payload_bytes": payload,
+            "jpeg_share": {k: jpeg_share(p) for k, p in paths.items()},
             "size_ratio_file": sizes[PACK_OURS] / sizes[PACK_BARE],
             "size_ratio_payload": payload[PACK_OURS] / payload[PACK_BARE],
             "paths": {k: str(p) for k, p in paths.items()}}  # fmt: skip
