@@ -48,7 +48,7 @@ def make_data(work: Path, rho: float, size: int, seed: int) -> tuple[Path, Path]
     if not (sample / "sample.json").exists():
         subprocess.run([*CLI, "sample", "--out", str(sample), "--rho", str(rho), "--size",
                         str(size), "--seed", str(seed), "--quiet"], check=True)  # fmt: skip
-    beton = sample.with_suffix(".beton")
+    beton = sample.parent / f"{sample.name}.beton"
     if not Path(f"{beton}.json").exists():
         subprocess.run([*CLI, "build", "--src", str(sample / "imagenet_ab_v1_0.tar.gz"),
                         "--images", str(sample), "--out", str(beton), "--recipe", "sample",
