@@ -244,12 +244,19 @@ def describe_data(cfg: Config) -> DataInfo:
         num_classes = cfg.num_classes
     elif multilabel:
         num_classes = int(np.prod(label.shape))
+    elif classes := train_classes(cfg):  # the manifest knows classes no sample may carry
+        num_classes = len(classes)
     else:
         column = reader.metadata[f"f{list(handlers).index(cfg.label_field)}"]
         num_classes = int(column.max()) + 1
     point, amap = handlers.get(cfg.point_field), handlers.get(cfg.map_field)
     n_points = int(np.prod(point.shape)) // 2 if point is not None else 0
-    return DataInfo(num_classes, multilabel, n_points, amap.shape[0] if amap is not None else 0)
+    n_maps = int(amap.shape[0]) if amap is not None else 0
+    info = DataInfo(num_classes, multilabel, n_points, n_maps)
+    if (cfg.lam > 0 and not n_points) or (cfg.mu > 0 and not info.map_channels):
+        raise SystemExit(f"{cfg.train}: no {cfg.point_field!r}/{cfg.map_field!r} field for "
+                         "the LUAB terms (--lam / --mu); build it with byproducts")  # fmt: skip
+    return info
 
 
 def resolution(epoch: int, cfg: Config) -> int:
@@ -431,18 +438,20 @@ def classification_loss(
 def point_loss(
     pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str
 ) -> torch.Tensor:
-    """Mean over valid points (weight 1) of the per-point loss summed over x, y. Invalid
-    points are masked out of the sum (not multiplied: their (-1, -1) targets never reach the
-    graph), so they contribute exactly zero gradient; no valid point gives 0."""
+    """Mean over valid points (weight 1) of the per-point loss summed over x, y; no valid
+    point gives 0. An invalid point's target is replaced by the (detached) prediction itself:
+    zero loss and exactly zero gradient whatever its stored target (-1, -1 or NaN), without
+    the host sync that boolean indexing costs on a GPU."""
     n = pred.shape[0]
     pred, target, weight = pred.reshape(n, -1, 2), target.reshape(n, -1, 2), weight.reshape(n, -1)
     valid = weight > 0
+    target = torch.where(valid[..., None], target, pred.detach())
     if kind == "l1":
-        per = F.l1_loss(pred[valid], target[valid], reduction="none")
+        per = F.l1_loss(pred, target, reduction="none")
     elif kind == "l2":
-        per = F.mse_loss(pred[valid], target[valid], reduction="none")
+        per = F.mse_loss(pred, target, reduction="none")
     elif kind == "smooth_l1":
-        per = F.smooth_l1_loss(pred[valid], target[valid], reduction="none", beta=0.1)
+        per = F.smooth_l1_loss(pred, target, reduction="none", beta=0.1)
     else:
         raise ValueError(f"point loss {kind!r}")
     return per.sum() / valid.sum().clamp(min=1)
@@ -468,7 +477,7 @@ def attention_loss(logits: torch.Tensor, maps: torch.Tensor, kind: str) -> torch
         per = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(-1)
     else:
         raise ValueError(f"attention loss {kind!r}")
-    return per[valid].sum() / valid.sum().clamp(min=1)
+    return torch.where(valid, per, 0.0).sum() / valid.sum().clamp(min=1)
 
 
 def luab_loss(
