@@ -121,7 +121,7 @@ class Config:
 def parse_args(argv: list[str] | None = None) -> Config:
     """``--config`` (YAML/JSON with Config's field names) sets defaults; flags override."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config")
+    pre.add_argument("--config", help="JSON/YAML of Config fields, or pipelines/train/*.json")
     known, _ = pre.parse_known_args(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[pre])
     for f in fields(Config):
@@ -774,7 +774,8 @@ def evaluate_all(net: LuabNet, evals: list[EvalSet], epoch: int, cfg: Config, in
     for data in evals:
         metrics = evaluate(net, data, cfg, info, rt)
         log.write("eval", epoch=epoch, split=data.name, **metrics)
-        shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "n")
+        keys = sorted(set(metrics) - {"n"}, key=lambda k: (not k.startswith(("top1", "mAP")), k))
+        shown = "  ".join(f"{k} {metrics[k]:.3f}" for k in keys)
         _say(rt, f"  {data.name:<10} {shown}")
         results[data.name] = metrics
     return results
