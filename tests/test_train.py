@@ -123,6 +123,7 @@ def test_no_valid_target_gives_zero_loss() -> None:
                            maps=torch.zeros_like(batch.maps))  # fmt: skip
     out = _net()(empty.images)
     terms = ft.luab_loss(out, empty, _cfg(lam=1.0, mu=1.0), False)
+    terms = {k: v.detach() for k, v in terms.items()}
     assert float(terms["point"]) == 0.0 and float(terms["attention"]) == 0.0
     assert float(terms["loss"]) == float(terms["ce"])
 
