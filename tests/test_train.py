@@ -232,3 +232,20 @@ def _eval_net() -> LuabNet:
     torch.manual_seed(0)
     backbone = ResNet(BasicBlock, (1, 1), (8, 16), (1, 2), stem="small")
     return LuabNet(backbone, 10)
+
+
+def test_folder_split_multi_hot_for_coco(tmp_path: Path) -> None:
+    """A COCO-AB sample split: multi-hot over the 80 COCO names, the main class among them."""
+    from luab_data.sample.generate import SampleSpec, generate_sample
+    from luab_data.sources.coco_categories import COCO_80_NAMES
+
+    generate_sample(tmp_path, SampleSpec(kind="coco-ab", size=10, heldout=20), processes=1)
+    split = FolderSplit(tmp_path / "val_id", batch_size=8, image_size=24,
+                        classes=list(COCO_80_NAMES), multilabel=True)  # fmt: skip
+    sample = json.loads((tmp_path / "sample.json").read_text())
+    coco_of = {c["index"]: COCO_80_NAMES.index(c["coco_name"]) for c in sample["classes"]}
+    rows = (tmp_path / "val_id" / "labels.csv").read_text().splitlines()[1:]
+    assert split.labels.shape == (len(rows), 80)
+    for row, hot in zip(rows, split.labels, strict=True):
+        assert hot[coco_of[int(row.split(",")[3])]] == 1  # the 'class' column: main object
+        assert 1 <= int(hot.sum()) <= 10

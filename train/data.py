@@ -29,6 +29,8 @@ class FolderSplit:
 
     The split is small, so it is decoded once per resolution and kept as one uint8 tensor.
     ``rank``/``world`` take every ``world``-th image so that DDP ranks share the work.
+    ``multilabel`` (a COCO-AB sample): multi-hot labels over ``classes`` (COCO names) from the
+    ``object_classes`` column; the object box is that of the image's main object.
     """
 
     def __init__(
@@ -41,11 +43,15 @@ class FolderSplit:
         world: int = 1,
         center_ratio: float = geo.DEFAULT_CENTER_RATIO,
         classes: list[str] | None = None,
+        multilabel: bool = False,
     ) -> None:
         self.folder = Path(folder)
         rows = _read_labels(self.folder / "labels.csv")
         self.paths = [_image_path(self.folder, r["image"]) for r in rows]
-        self.labels = torch.tensor(_label_indices(rows, classes), dtype=torch.int64)
+        if multilabel:
+            self.labels = _multi_hot(rows, classes or [], self.folder.parent / "sample.json")
+        else:
+            self.labels = torch.tensor(_label_indices(rows, classes), dtype=torch.int64)
         size = np.array([[float(r["width"]), float(r["height"])] for r in rows])
         box = np.array([[float(r[k]) for k in ("box_x0", "box_y0", "box_x1", "box_y1")]
                         for r in rows])  # fmt: skip
@@ -108,6 +114,20 @@ def _label_indices(rows: list[dict[str, str]], classes: list[str] | None) -> lis
     classes = classes or sorted({r["wnid"] for r in rows})
     index = {wnid: i for i, wnid in enumerate(classes)}
     return [index[r["wnid"]] for r in rows]
+
+
+def _multi_hot(rows: list[dict[str, str]], classes: list[str], sample_json: Path) -> torch.Tensor:
+    """(N, len(classes)) uint8: the sample's class indices in ``object_classes`` ('0;1;8')
+    through sample.json's COCO names to positions in ``classes`` (the .beton's order)."""
+    import json
+
+    names = {c["index"]: c["coco_name"] for c in json.loads(sample_json.read_text())["classes"]}
+    column = {name: i for i, name in enumerate(classes)}
+    out = torch.zeros((len(rows), len(classes)), dtype=torch.uint8)
+    for i, row in enumerate(rows):
+        for k in filter(None, row["object_classes"].split(";")):
+            out[i, column[names[int(k)]]] = 1
+    return out
 
 
 def _read_labels(path: Path) -> list[dict[str, str]]:

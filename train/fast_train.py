@@ -110,7 +110,7 @@ class Config:
     eval_every: int = _opt(0, "evaluate every N epochs (0: only after the last)")
     # run
     seed: int = _opt(0, "model init and data order/crops")
-    out: str = _opt("runs/last", "folder of metrics.jsonl and checkpoint.pt")
+    out: str = _opt("out/runs/last", "folder of metrics.jsonl and checkpoint.pt")
     resume: str = _opt("", "checkpoint to resume from (epoch boundary)")
     stop_after_epoch: int = _opt(0, "stop after this epoch as if interrupted (0: run all)")
     log_every: int = _opt(50, "steps between train records in metrics.jsonl")
@@ -337,7 +337,7 @@ def train_classes(cfg: Config) -> list[str] | None:
     return json.loads(manifest.read_text()).get("metadata", {}).get("classes")
 
 
-def make_eval_sets(cfg: Config, rt: Runtime) -> list[EvalSet]:
+def make_eval_sets(cfg: Config, info: DataInfo, rt: Runtime) -> list[EvalSet]:
     """``--val [name=]path``: a folder with labels.csv (has object boxes) or a .beton."""
     sets, classes = [], train_classes(cfg)
     for spec in cfg.val:
@@ -345,7 +345,7 @@ def make_eval_sets(cfg: Config, rt: Runtime) -> list[EvalSet]:
         name = name or Path(path).stem
         if Path(path, "labels.csv").exists():
             split = FolderSplit(path, cfg.batch_size, cfg.val_res, rank=rt.rank, world=rt.world,
-                                classes=classes)  # fmt: skip
+                                classes=classes, multilabel=info.multilabel)  # fmt: skip
             sets.append(EvalSet(name, split, split.object_boxes))
             continue
         from luab_data.loaders.ffcv_loader import CoupledLoader
@@ -576,14 +576,14 @@ def predict(net: LuabNet, images: torch.Tensor, cfg: Config, rt: Runtime) -> dic
     with torch.autocast(rt.device.type, rt.amp or torch.float32, enabled=rt.amp is not None):
         outs = [net(v, points=cfg.lam > 0, attention=cfg.mu > 0) for v in views]
     logits = sum(o["logits"].float() for o in outs) / len(outs)
-    pred = logits.argmax(1) if logits.ndim == 2 else None
-    res = {"logits": logits}
-    if pred is not None:
-        res["cam"] = _merge_views([net.cam(o["features"], pred) for o in outs])
+    pred = logits.argmax(1)  # multi-label: the top-scoring class
+    res = {"logits": logits, "cam": _merge_views([net.cam(o["features"], pred) for o in outs])}
     if cfg.mu > 0:
         res["attention"] = _merge_views([o["attention"].float()[:, 0] for o in outs])
-    if cfg.lam > 0:
-        pts = [o["points"].float()[:, 0] for o in outs]
+    if cfg.lam > 0:  # the predicted class's point (COCO has one per class)
+        which = pred if outs[0]["points"].shape[1] > 1 else torch.zeros_like(pred)
+        rows = torch.arange(len(pred), device=pred.device)
+        pts = [o["points"].float()[rows, which] for o in outs]
         if len(pts) == 2:
             pts[1] = torch.stack([1 - pts[1][:, 0], pts[1][:, 1]], 1)
         res["point"] = sum(pts) / len(pts)
@@ -742,7 +742,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cfg.compile:
         model = torch.compile(model)
     map_side = cfg.map_size or cfg.max_res // net.stride
-    evals = make_eval_sets(cfg, rt)
+    evals = make_eval_sets(cfg, info, rt)
     log.write("start", config=asdict(cfg), world=rt.world, device=str(rt.device),
               params=sum(p.numel() for p in net.parameters()), start_epoch=start)  # fmt: skip
     loader, loader_res, summary, stats = None, None, {}, {}
