@@ -9,10 +9,15 @@ resolution. λ = μ = 0 is the plain baseline through exactly the same code. Any
 batch contract (DESIGN.md, contract 3) feeds it: FFCV (default), DALI, the PyTorch reference
 loader, or ``--synthetic`` device-resident tensors (the throughput ceiling).
 
-    python train/fast_train.py --config pipelines/train/sample_cpu.yaml --lam 1
-    python train/fast_train.py --train in.beton --val val.beton --model resnet50 --compile
-    torchrun --nproc_per_node 8 train/fast_train.py --config pipelines/train/imagenet_rn50.yaml
-    python train/fast_train.py --synthetic --model resnet50 --batch-size 256 --epochs 2
+    python train/fast_train.py --config pipelines/train/sample-cpu.json --train out/s.beton \
+        --val out/sample/val_id out/sample/val_ood --mu 1        # a sample split: labels.csv
+    torchrun --nproc_per_node 8 train/fast_train.py --config pipelines/train/imagenet-rn50.json \
+        --train in.beton --val val.beton --lam 1 --compile
+    python train/fast_train.py --synthetic --model resnet50 --batch-size 256 --epochs 3
+
+Outputs go to ``--out``: metrics.jsonl (one JSON record per event: start, train, epoch, eval,
+final) and checkpoint.pt (written every epoch; ``--resume`` continues at the next epoch with
+the same data order, crops, weights and optimiser state as an uninterrupted run).
 
 Recipe (facts from FFCV's ImageNet example): SGD + momentum 0.9, no weight decay on
 BatchNorm/bias, label smoothing 0.1, a learning rate that rises linearly from ~0 to its peak at
