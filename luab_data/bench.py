@@ -23,6 +23,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+
+class StageSkipped(Exception):  # noqa: N818 - read as "the stage was skipped: <why>"
+    """Raised by a stage's run() that cannot measure on this machine (e.g. needs a GPU)."""
+
+
 STAGES = ("ingest", "raster", "pack", "load", "dali", "train")
 
 
@@ -102,8 +107,11 @@ def run_bench(stages: Sequence[str], quick: bool, data: Path, echo=print, tiny=F
             report["stages"][stage] = {"skipped": f"benchmarks/bench_{stage}.py has no run()"}
         else:
             echo(f"== {stage}")
-            entries = module.run(quick=quick, data=data / stage, tiny=tiny)
-            report["stages"][stage] = {"entries": entries}
+            try:
+                entries = module.run(quick=quick, data=data / stage, tiny=tiny)
+                report["stages"][stage] = {"entries": entries}
+            except StageSkipped as why:
+                report["stages"][stage] = {"skipped": str(why)}
         report["stages"][stage]["seconds"] = round(time.perf_counter() - start, 1)
     report["machine"]["load_average_end"] = list(os.getloadavg())
     return report
