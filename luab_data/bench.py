@@ -122,7 +122,7 @@ def table(report: dict) -> str:
     m = report["machine"]
     lines = [f"machine: {m['cpu']}, {m['cores']} cores, {m.get('memory_gb', '?')} GB, "
              f"GPU: {m['gpu'] or 'none'}, load {m['load_average'][0]:.1f}"]  # fmt: skip
-    head = f"{'stage':8} {'comparison':44} {'ratio (min-max)':20} {'ours':>14} {'baseline':>14}"
+    head = f"{'stage':8} {'ours / baseline':56} {'ratio (min-max)':22} {'ours':>10} {'base':>10}"
     lines += [head, "-" * len(head)]
     for stage, result in report["stages"].items():
         if "skipped" in result:
@@ -134,14 +134,13 @@ def table(report: dict) -> str:
 
 
 def _entry_lines(stage: str, e: dict) -> list[str]:
-    out = []
+    out = [f"{stage:8} {e['name']} ({e['unit']})"]
     for label, r in e["ratios"].items():
         ours_name, base_name = label.split(" / ", 1)
         ours, base = e["results"][ours_name], e["results"][base_name]
         ratio = f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})"
-        out.append(f"{stage:8} {e['name'][:20] + ': ' + label[:22]:44} {ratio:20} "
-                   f"{ours['median']:>14,.0f} {base['median']:>14,.0f}")  # fmt: skip
-    out.append(f"{'':8} {'  (' + e['unit'] + ')'}")
+        out.append(f"{'':8} {label[:56]:56} {ratio:22} "
+                   f"{ours['median']:>10,.0f} {base['median']:>10,.0f}")  # fmt: skip
     return out
 
 
