@@ -15,7 +15,7 @@ import torch
 pytest.importorskip("nvidia.dali")
 pytest.importorskip("ffcv")
 
-from ffcv.fields import IntField, NDArrayField, RGBImageField  # noqa: E402
+from ffcv.fields import IntField, RGBImageField  # noqa: E402
 from ffcv.writer import DatasetWriter  # noqa: E402
 
 from luab_data import geometry as geo  # noqa: E402
@@ -24,6 +24,7 @@ from luab_data.loaders.alignment import (  # noqa: E402
     marked_sample,
     marker_clear_of_edges,
     marker_position,
+    write_marked_beton,
 )
 from luab_data.loaders.beton_reader import JPEG_MODE, RAW_MODE, BatchBetonFile  # noqa: E402
 from luab_data.loaders.dali_loader import (  # noqa: E402
@@ -51,37 +52,10 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-class _Marked:
-    def __init__(self, n: int) -> None:
-        self.samples = [marked_sample(i, MAP_SHAPE, absent_every=ABSENT_EVERY) for i in range(n)]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        s = self.samples[i]
-        return s.image, s.label, s.amap, s.point, _many_points(s)
-
-
-def _many_points(sample) -> np.ndarray:
-    """A (K, 2) point field (COCO-AB style): the marker, an absent point, the centre."""
-    return np.stack([sample.point, [-1.0, -1.0], [0.5, 0.5]]).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     path = tmp_path_factory.mktemp("beton") / "marked.beton"
-    data = _Marked(N_SAMPLES)
-    np.random.seed(0)  # FFCV's 'proportion' mode draws raw vs JPEG from NumPy's generator
-    fields = {
-        "image": RGBImageField(write_mode="proportion", compress_probability=0.5, jpeg_quality=95),
-        "label": IntField(),
-        "map": NDArrayField(np.dtype("uint8"), (2, *MAP_SHAPE)),
-        "point": NDArrayField(np.dtype("float32"), (2,)),
-        "points": NDArrayField(np.dtype("float32"), (3, 2)),
-    }
-    DatasetWriter(str(path), fields, num_workers=1).from_indexed_dataset(data)
-    return path, data.samples
+    return path, write_marked_beton(path, N_SAMPLES, MAP_SHAPE, ABSENT_EVERY)
 
 
 def _numpy(batch) -> dict[str, np.ndarray]:
@@ -242,7 +216,7 @@ def test_dali_and_ffcv_agree_on_every_sample(dataset, train):
 
 
 @pytest.mark.timeout(60)
-def test_validation_normalised_many_points(dataset):
+def test_validation_normalisedmany_points(dataset):
     """Centre crop, no flip, float normalised channels-last images, a (K, 2) point field;
     sequential order and a smaller last batch (nothing dropped)."""
     path, samples = dataset

@@ -13,17 +13,16 @@ import torch
 
 pytest.importorskip("ffcv")
 
-from ffcv.fields import IntField, NDArrayField, RGBImageField  # noqa: E402
 from ffcv.loader import Loader, OrderOption  # noqa: E402
 from ffcv.reader import Reader  # noqa: E402
-from ffcv.writer import DatasetWriter  # noqa: E402
 
 from luab_data import geometry as geo  # noqa: E402
 from luab_data.loaders.alignment import (  # noqa: E402
+    many_points,
     map_peak,
-    marked_sample,
     marker_clear_of_edges,
     marker_position,
+    write_marked_beton,
 )
 from luab_data.loaders.ffcv_loader import (  # noqa: E402
     IMAGENET_MEAN,
@@ -49,37 +48,10 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-class _Marked:
-    def __init__(self, n: int) -> None:
-        self.samples = [marked_sample(i, MAP_SHAPE, absent_every=ABSENT_EVERY) for i in range(n)]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        s = self.samples[i]
-        return s.image, s.label, s.amap, s.point, _many_points(s)
-
-
-def _many_points(sample) -> np.ndarray:
-    """A (K, 2) point field as COCO-AB has (one per class): the marker, absent, the centre."""
-    return np.stack([sample.point, [-1.0, -1.0], [0.5, 0.5]]).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     path = tmp_path_factory.mktemp("beton") / "marked.beton"
-    data = _Marked(N_SAMPLES)
-    np.random.seed(0)  # FFCV's 'proportion' mode draws raw vs JPEG from NumPy's generator
-    fields = {
-        "image": RGBImageField(write_mode="proportion", compress_probability=0.5, jpeg_quality=95),
-        "label": IntField(),
-        "map": NDArrayField(np.dtype("uint8"), (2, *MAP_SHAPE)),
-        "point": NDArrayField(np.dtype("float32"), (2,)),
-        "points": NDArrayField(np.dtype("float32"), (3, 2)),
-    }
-    DatasetWriter(str(path), fields, num_workers=1).from_indexed_dataset(data)
-    return path, data.samples
+    return path, write_marked_beton(path, N_SAMPLES, MAP_SHAPE, ABSENT_EVERY)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +107,7 @@ def test_round_trip_of_fields(dataset):
     assert np.array_equal(got["label"][:, 0], [s.label for s in samples])
     assert np.array_equal(got["map"], np.stack([s.amap for s in samples]))  # bit-exact
     assert np.array_equal(got["point"], np.stack([s.point for s in samples]))
-    assert np.array_equal(got["points"], np.stack([_many_points(s) for s in samples]))
+    assert np.array_equal(got["points"], np.stack([many_points(s) for s in samples]))
     reader = Reader(str(path))
     sizes = np.stack([reader.metadata["f0"]["width"], reader.metadata["f0"]["height"]], 1)
     assert np.array_equal(sizes, [s.image.shape[1::-1] for s in samples])
@@ -233,7 +205,7 @@ def test_validation_pipeline_centre_crop_normalised(dataset):
         assert not b["flips"].any()
         assert (b["point_weights"][:, 1:] == [0.0, 1.0]).all()  # absent; centre always inside
         for i, index in enumerate(b["indices"]):
-            want, _ = geo.transform_points(_many_points(samples[index]), b["boxes"][i], False)
+            want, _ = geo.transform_points(many_points(samples[index]), b["boxes"][i], False)
             np.testing.assert_allclose(b["points"][i, 2], want[2], atol=1e-5)
         b["points"], b["point_weights"] = b["points"][:, 0], b["point_weights"][:, 0]
         for i, index in enumerate(b["indices"]):

@@ -19,9 +19,9 @@ from beton_fixtures import OPTIONS, built, sample_dir, source_path
 from luab_data import geometry as geo
 from luab_data.loaders.alignment import (
     map_peak,
-    marked_sample,
     marker_clear_of_edges,
     marker_position,
+    write_marked_beton,
 )
 from luab_data.loaders.beton_file import BetonFile, field_names
 from luab_data.loaders.reference import (
@@ -51,34 +51,10 @@ def root(tmp_path_factory):
     return path
 
 
-class _Marked:
-    def __init__(self, n: int) -> None:
-        self.samples = [marked_sample(i, MAP_SHAPE, absent_every=ABSENT_EVERY) for i in range(n)]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        s = self.samples[i]
-        return s.image, s.label, s.amap, s.point
-
-
 @pytest.fixture(scope="module")
 def marked(tmp_path_factory):
-    from ffcv.fields import IntField, NDArrayField, RGBImageField
-    from ffcv.writer import DatasetWriter
-
     path = tmp_path_factory.mktemp("marked") / "marked.beton"
-    data = _Marked(N_MARKED)
-    np.random.seed(0)  # FFCV's 'proportion' mode: both JPEG and raw images
-    fields = {
-        "image": RGBImageField(write_mode="proportion", compress_probability=0.5, jpeg_quality=95),
-        "label": IntField(),
-        "map": NDArrayField(np.dtype("uint8"), (2, *MAP_SHAPE)),
-        "point": NDArrayField(np.dtype("float32"), (2,)),
-    }
-    DatasetWriter(str(path), fields, num_workers=1).from_indexed_dataset(data)
-    return path, data.samples
+    return path, write_marked_beton(path, N_MARKED, MAP_SHAPE, ABSENT_EVERY, with_many=False)
 
 
 def _errors(images, maps, points, boxes, i, sample) -> tuple[float | None, float]:

@@ -97,3 +97,45 @@ def marker_clear_of_edges(point: np.ndarray, box: np.ndarray, size: tuple[int, i
         and y - box[1] * height >= MARKER_REACH
         and box[3] * height - y >= MARKER_REACH
     )
+
+
+def many_points(sample: MarkedSample) -> np.ndarray:
+    """A (K, 2) point field as COCO-AB has (one per class): the marker, absent, the centre."""
+    return np.stack([sample.point, [-1.0, -1.0], [0.5, 0.5]]).astype(np.float32)
+
+
+class _Rows:
+    """The indexed dataset FFCV's writer takes: one tuple of field values per sample."""
+
+    def __init__(self, samples: list[MarkedSample], with_many: bool) -> None:
+        self.samples, self.with_many = samples, with_many
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple:
+        s = self.samples[i]
+        row = (s.image, s.label, s.amap, s.point)
+        return (*row, many_points(s)) if self.with_many else row
+
+
+def write_marked_beton(
+    path, n: int, map_shape: tuple[int, int], absent_every: int, with_many: bool = True
+) -> list[MarkedSample]:
+    """A small .beton of marked samples, half JPEG and half raw, with fields image, label,
+    map (uint8 (2, *map_shape)), point ((2,) float32) and, if asked, points ((3, 2))."""
+    from ffcv.fields import IntField, NDArrayField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    samples = [marked_sample(i, map_shape, absent_every=absent_every) for i in range(n)]
+    np.random.seed(0)  # FFCV's 'proportion' mode draws raw vs JPEG from NumPy's generator
+    fields = {
+        "image": RGBImageField(write_mode="proportion", compress_probability=0.5, jpeg_quality=95),
+        "label": IntField(),
+        "map": NDArrayField(np.dtype("uint8"), (2, *map_shape)),
+        "point": NDArrayField(np.dtype("float32"), (2,)),
+    }
+    if with_many:
+        fields["points"] = NDArrayField(np.dtype("float32"), (3, 2))
+    DatasetWriter(str(path), fields, num_workers=1).from_indexed_dataset(_Rows(samples, with_many))
+    return samples
