@@ -20,6 +20,9 @@ from ffcv.writer import DatasetWriter  # noqa: E402
 
 from luab_data import geometry as geo  # noqa: E402
 from luab_data.loaders.alignment import (  # noqa: E402
+    augment_and_measure,
+    batch_arrays,
+    check_contract,
     map_peak,
     marked_sample,
     marker_clear_of_edges,
@@ -58,36 +61,6 @@ def dataset(tmp_path_factory):
     return path, write_marked_beton(path, N_SAMPLES, MAP_SHAPE, ABSENT_EVERY)
 
 
-def _numpy(batch) -> dict[str, np.ndarray]:
-    out = {k: v.detach().cpu().numpy() for k, v in batch._asdict().items() if v is not None}
-    out["images"] = out["images"].transpose(0, 2, 3, 1)
-    return out
-
-
-def _check_contract(b, i, sample, size, epoch, train=True) -> None:
-    """Reported crop = geometry's crop; point target = geometry's transform of the point."""
-    _, box, flip = geo.crop_box(*size, SEED, epoch, int(b["indices"][i]), train=train)
-    np.testing.assert_allclose(b["boxes"][i], box, rtol=0, atol=1e-6)
-    assert bool(b["flips"][i]) == flip
-    target, weight = geo.transform_points(sample.point, box, flip)
-    assert b["point_weights"][i] == weight[0]
-    np.testing.assert_allclose(b["points"][i], target[0], atol=1e-5)
-    ramp = b["maps"][i, 1]  # channel 1 rises along x: it must fall when mirrored
-    assert (ramp[:, -1].mean() < ramp[:, 0].mean()) == flip
-
-
-def _errors(b, i, sample, size) -> tuple[float | None, float]:
-    """(marker-to-target px, None when the blob is clipped; map-peak-to-target cells)."""
-    target = b["points"][i]
-    marker = None
-    if marker_clear_of_edges(sample.point, b["boxes"][i], size):
-        found = marker_position(b["images"][i])
-        want = geo.target_to_pixel(target, IMAGE_HW)
-        marker = np.inf if found is None else float(np.hypot(*(found - want)))
-    peak = map_peak(b["maps"][i, 0])
-    return marker, float(np.abs(peak - geo.target_to_pixel(target, MAP_HW)).max())
-
-
 def test_beton_reader_round_trip(dataset):
     path, samples = dataset
     beton = BatchBetonFile(path)
@@ -112,26 +85,15 @@ def test_train_alignment_over_many_augmentations(dataset):
     loader = make_dali_loader(
         dataset[0], 64, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED, **CPU
     )
-    sizes = loader.source.sizes
-    marker_err, map_err, seen, boxes = [], [], 0, {}
-    for epoch in range(20):  # 20 x 128 = 2560 augmentations
-        assert loader.epoch == epoch
-        for batch in loader:
-            assert batch.images.dtype == torch.uint8
-            assert batch.images.is_contiguous(memory_format=torch.channels_last)
-            b = _numpy(batch)
-            assert b["images"].shape == (64, *IMAGE_HW, 3) and b["maps"].shape == (64, 2, *MAP_HW)
-            for i, index in enumerate(b["indices"]):
-                s, size = samples[index], tuple(sizes[index])
-                assert b["labels"][i] == s.label
-                _check_contract(b, i, s, size, epoch)
-                boxes[epoch, int(index)] = b["boxes"][i]
-                seen += 1
-                if b["point_weights"][i] == 1.0:
-                    marker, cells = _errors(b, i, s, size)
-                    map_err.append(cells)
-                    if marker is not None:
-                        marker_err.append(marker)
+
+    def layout(batch) -> None:
+        assert batch.images.dtype == torch.uint8
+        assert batch.images.is_contiguous(memory_format=torch.channels_last)
+
+    # 20 x 128 = 2560 augmentations
+    m = augment_and_measure(loader, samples, loader.source.sizes, SEED, IMAGE_HW, MAP_HW,
+                            batch_size=64, on_batch=layout)  # fmt: skip
+    marker_err, map_err, seen, boxes = m.marker_err, m.map_err, m.seen, m.boxes
     assert seen == 2560 and len(marker_err) >= 1000
     assert max(marker_err) <= 1.0, np.sort(marker_err)[-5:]
     assert max(map_err) <= 1.0, np.sort(map_err)[-5:]
@@ -143,7 +105,7 @@ def test_train_alignment_over_many_augmentations(dataset):
     loader.set_epoch(3)
     replayed = 0
     for batch in loader:
-        b = _numpy(batch)
+        b = batch_arrays(batch)
         for i, index in enumerate(b["indices"]):
             np.testing.assert_array_equal(b["boxes"][i], boxes[3, int(index)])
             replayed += 1
@@ -168,7 +130,7 @@ def test_decoupled_crops_fail_the_check(dataset):
     source.batch = decoupled
     marker_fail, map_fail = [], []
     for batch in loader:
-        b = _numpy(batch)
+        b = batch_arrays(batch)
         for i, index in enumerate(b["indices"]):
             s = samples[index]
             if b["point_weights"][i] == 0 or not marker_clear_of_edges(
@@ -231,14 +193,14 @@ def test_validation_normalisedmany_points(dataset):
         assert batch.images.dtype == torch.float32
         assert batch.images.is_contiguous(memory_format=torch.channels_last)
         assert batch.points.shape == (len(batch.indices), 3, 2)
-        b = _numpy(batch)
-        np.testing.assert_allclose(b["images"] * std + mean, _numpy(ref)["images"], atol=0.01)
+        b = batch_arrays(batch)
+        np.testing.assert_allclose(b["images"] * std + mean, batch_arrays(ref)["images"], atol=0.01)
         assert not b["flips"].any()
         assert (b["point_weights"][:, 1:] == [0.0, 1.0]).all()  # absent; centre always inside
         b["points"], b["point_weights"] = b["points"][:, 0], b["point_weights"][:, 0]
         for i, index in enumerate(b["indices"]):
             s, size = samples[index], tuple(sizes[index])
-            _check_contract(b, i, s, size, epoch=0, train=False)
+            check_contract(b, i, s, size, SEED, epoch=0, train=False)
         indices.extend(b["indices"].tolist())
     assert indices == list(range(N_SAMPLES))
     assert len(loader) == 3

@@ -18,6 +18,10 @@ from ffcv.reader import Reader  # noqa: E402
 
 from luab_data import geometry as geo  # noqa: E402
 from luab_data.loaders.alignment import (  # noqa: E402
+    alignment_errors,
+    augment_and_measure,
+    batch_arrays,
+    check_contract,
     many_points,
     map_peak,
     marker_clear_of_edges,
@@ -60,38 +64,6 @@ def train_loader(dataset):
     return CoupledLoader(path, 64, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED, num_workers=2)
 
 
-def _numpy(batch) -> dict[str, np.ndarray]:
-    """Copies: FFCV reuses its output buffers for later batches."""
-    out = {k: v.detach().cpu().numpy().copy() for k, v in batch._asdict().items() if v is not None}
-    out["images"] = out["images"].transpose(0, 2, 3, 1)
-    return out
-
-
-def _errors(b: dict[str, np.ndarray], i: int, sample, size) -> tuple[float | None, float]:
-    """(marker-to-target px or None when not measurable, map-peak-to-target cells)."""
-    target = b["points"][i]
-    if not marker_clear_of_edges(sample.point, b["boxes"][i], size):
-        marker = None
-    else:
-        found = marker_position(b["images"][i])
-        want = geo.target_to_pixel(target, IMAGE_HW)
-        marker = np.inf if found is None else float(np.hypot(*(found - want)))
-    peak = map_peak(b["maps"][i, 0])
-    return marker, float(np.abs(peak - geo.target_to_pixel(target, MAP_HW)).max())
-
-
-def _check_contract(b, i, sample, size, epoch, train=True) -> None:
-    """Reported crop = geometry's crop; point target = geometry's transform of the point."""
-    _, box, flip = geo.crop_box(*size, SEED, epoch, int(b["indices"][i]), train=train)
-    np.testing.assert_allclose(b["boxes"][i], box, rtol=0, atol=1e-6)
-    assert bool(b["flips"][i]) == flip
-    target, weight = geo.transform_points(sample.point, box, flip)
-    assert b["point_weights"][i] == weight[0]
-    np.testing.assert_allclose(b["points"][i], target[0], atol=1e-5)
-    ramp = b["maps"][i, 1]  # channel 1 rises along x: it must fall when mirrored
-    assert (ramp[:, -1].mean() < ramp[:, 0].mean()) == flip
-
-
 @pytest.mark.timeout(180)
 def test_round_trip_of_fields(dataset):
     path, samples = dataset
@@ -117,24 +89,10 @@ def test_round_trip_of_fields(dataset):
 @pytest.mark.timeout(240)
 def test_train_alignment_over_many_augmentations(dataset, train_loader):
     _, samples = dataset
-    sizes = train_loader.plan.sizes
-    marker_err, map_err, seen, boxes_by_epoch = [], [], 0, {}
-    for epoch in range(20):  # 20 x 128 = 2560 augmentations
-        assert train_loader.epoch == epoch
-        for batch in train_loader:
-            b = _numpy(batch)
-            assert b["images"].shape == (64, *IMAGE_HW, 3) and b["maps"].shape == (64, 2, *MAP_HW)
-            for i, index in enumerate(b["indices"]):
-                s, size = samples[index], tuple(sizes[index])
-                assert b["labels"][i] == s.label
-                _check_contract(b, i, s, size, epoch)
-                boxes_by_epoch[epoch, int(index)] = b["boxes"][i]
-                seen += 1
-                if b["point_weights"][i] == 1.0:
-                    marker, cells = _errors(b, i, s, size)
-                    map_err.append(cells)
-                    if marker is not None:
-                        marker_err.append(marker)
+    # 20 x 128 = 2560 augmentations
+    m = augment_and_measure(train_loader, samples, train_loader.plan.sizes, SEED, IMAGE_HW,
+                            MAP_HW, batch_size=64)  # fmt: skip
+    marker_err, map_err, seen, boxes_by_epoch = m.marker_err, m.map_err, m.seen, m.boxes
     assert seen == 2560 and len(marker_err) >= 1000
     assert max(marker_err) <= 1.0, np.sort(marker_err)[-5:]
     assert max(map_err) <= 1.0, np.sort(map_err)[-5:]
@@ -145,7 +103,7 @@ def test_train_alignment_over_many_augmentations(dataset, train_loader):
     next(iter(train_loader))
     train_loader.set_epoch(3)
     for batch in train_loader:
-        b = _numpy(batch)
+        b = batch_arrays(batch)
         for i, index in enumerate(b["indices"]):
             np.testing.assert_array_equal(b["boxes"][i], boxes_by_epoch[3, int(index)])
 
@@ -200,7 +158,7 @@ def test_validation_pipeline_centre_crop_normalised(dataset):
         assert batch.images.dtype == torch.float32
         assert batch.images.is_contiguous(memory_format=torch.channels_last)
         assert batch.points.shape == (len(batch.indices), 3, 2)
-        b = _numpy(batch)
+        b = batch_arrays(batch)
         b["images"] = np.rint(b["images"] * std + mean)  # back to the uint8 scale
         assert not b["flips"].any()
         assert (b["point_weights"][:, 1:] == [0.0, 1.0]).all()  # absent; centre always inside
@@ -210,9 +168,9 @@ def test_validation_pipeline_centre_crop_normalised(dataset):
         b["points"], b["point_weights"] = b["points"][:, 0], b["point_weights"][:, 0]
         for i, index in enumerate(b["indices"]):
             s, size = samples[index], tuple(sizes[index])
-            _check_contract(b, i, s, size, epoch=0, train=False)
+            check_contract(b, i, s, size, SEED, epoch=0, train=False)
             if b["point_weights"][i] == 1.0:
-                marker, cells = _errors(b, i, s, size)
+                marker, cells = alignment_errors(b, i, s, size, IMAGE_HW, MAP_HW)
                 assert cells <= 1.0
                 if marker is not None:
                     assert marker <= 1.0

@@ -139,3 +139,82 @@ def write_marked_beton(
         fields["points"] = NDArrayField(np.dtype("float32"), (3, 2))
     DatasetWriter(str(path), fields, num_workers=1).from_indexed_dataset(_Rows(samples, with_many))
     return samples
+
+
+# ---------------------------------------------------------------- checks shared by loader tests
+
+
+def batch_arrays(batch) -> dict[str, np.ndarray]:
+    """A Batch as NumPy arrays, images (N, H, W, 3). Copies: FFCV reuses its output buffers."""
+    out = {k: v.detach().cpu().numpy().copy() for k, v in batch._asdict().items() if v is not None}
+    out["images"] = out["images"].transpose(0, 2, 3, 1)
+    return out
+
+
+def check_contract(b: dict, i: int, sample: MarkedSample, size, seed: int, epoch: int,
+                   train: bool = True) -> None:  # fmt: skip
+    """Reported crop = geometry's crop; point target = geometry's transform of the point; the
+    map's x-ramp channel falls exactly when the sample was mirrored."""
+    from luab_data import geometry as geo
+
+    _, box, flip = geo.crop_box(*size, seed, epoch, int(b["indices"][i]), train=train)
+    np.testing.assert_allclose(b["boxes"][i], box, rtol=0, atol=1e-6)
+    assert bool(b["flips"][i]) == flip
+    target, weight = geo.transform_points(sample.point, box, flip)
+    assert b["point_weights"][i] == weight[0]
+    np.testing.assert_allclose(b["points"][i], target[0], atol=1e-5)
+    ramp = b["maps"][i, 1]
+    assert (ramp[:, -1].mean() < ramp[:, 0].mean()) == flip
+
+
+def alignment_errors(b: dict, i: int, sample: MarkedSample, size, image_hw, map_hw
+                     ) -> tuple[float | None, float]:  # fmt: skip
+    """(marker-to-target px, None when the blob is clipped by the crop; map-peak-to-target
+    cells) for sample i of a batch_arrays() batch."""
+    from luab_data import geometry as geo
+
+    target = b["points"][i]
+    marker = None
+    if marker_clear_of_edges(sample.point, b["boxes"][i], size):
+        found = marker_position(b["images"][i])
+        want = geo.target_to_pixel(target, image_hw)
+        marker = np.inf if found is None else float(np.hypot(*(found - want)))
+    peak = map_peak(b["maps"][i, 0])
+    return marker, float(np.abs(peak - geo.target_to_pixel(target, map_hw)).max())
+
+
+@dataclass
+class Measured:
+    marker_err: list[float]
+    map_err: list[float]
+    seen: int
+    boxes: dict  # (epoch, index) -> reported box
+
+
+def augment_and_measure(loader, samples: list[MarkedSample], sizes, seed: int, image_hw,
+                        map_hw, batch_size: int, epochs: int = 20, on_batch=None
+                        ) -> Measured:  # fmt: skip
+    """Run a training loader for `epochs`, check every sample's contract and collect the
+    marker and map-peak errors of those with a valid point. `on_batch(batch)` checks the
+    tensors themselves (dtype, layout) before conversion."""
+    out = Measured([], [], 0, {})
+    for epoch in range(epochs):
+        assert loader.epoch == epoch
+        for batch in loader:
+            if on_batch is not None:
+                on_batch(batch)
+            b = batch_arrays(batch)
+            n = batch_size
+            assert b["images"].shape == (n, *image_hw, 3) and b["maps"].shape == (n, 2, *map_hw)
+            for i, index in enumerate(b["indices"]):
+                s, size = samples[index], tuple(sizes[index])
+                assert b["labels"][i] == s.label
+                check_contract(b, i, s, size, seed, epoch)
+                out.boxes[epoch, int(index)] = b["boxes"][i]
+                out.seen += 1
+                if b["point_weights"][i] == 1.0:
+                    marker, cells = alignment_errors(b, i, s, size, image_hw, map_hw)
+                    out.map_err.append(cells)
+                    if marker is not None:
+                        out.marker_err.append(marker)
+    return out

@@ -26,6 +26,5 @@ UNUSED_IDS = frozenset({12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91})
 COCO_80_IDS = tuple(i for i in range(1, 92) if i not in UNUSED_IDS)
 COCO_80_NAMES = tuple(COCO_91_NAMES[i - 1] for i in COCO_80_IDS)
 NAME_TO_INDEX = {name: k for k, name in enumerate(COCO_80_NAMES)}
-ID_TO_INDEX = {cid: k for k, cid in enumerate(COCO_80_IDS)}
 
 assert len(COCO_91_NAMES) == 91 and len(COCO_80_IDS) == 80

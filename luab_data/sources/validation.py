@@ -13,18 +13,6 @@ ZERO_SIZE = "zero-size"
 MISSING_IMAGE = "missing-image"
 DUPLICATE_KEY = "duplicate-key"
 
-REASONS = (
-    MALFORMED_XML,
-    MALFORMED_JSON,
-    BAD_FIELD,
-    UNKNOWN_CLASS,
-    BAD_COORDINATES,
-    BAD_TIMES,
-    ZERO_SIZE,
-    MISSING_IMAGE,
-    DUPLICATE_KEY,
-)
-
 # Normalised coordinates: the pointer may leave the image a little (FORMATS.md); a value far
 # outside the image is a recording or export error, not a trace.
 COORD_MIN = -1.0
