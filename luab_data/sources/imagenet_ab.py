@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from luab_data.records import IMAGENET_AB, Reject, list_array, record_schema
+from luab_data.records import IMAGENET_AB, Reject, RejectError, list_array, record_schema
 from luab_data.sources import tar_stream, xml_scan
 from luab_data.sources import validation as v
 from luab_data.sources.errors import SourceError
 from luab_data.sources.pipeline import threaded
 from luab_data.sources.progress import Progress
 from luab_data.sources.sharding import in_shard
-from luab_data.sources.tar_stream import MemberBlock
+from luab_data.sources.tar_stream import OVERSIZED, REGULAR, SPECIAL, MemberBlock
 
 CHUNK_DOCS = 2048
 
@@ -44,30 +45,82 @@ class _Chunk:
     seq: list[int] = field(default_factory=list)  # position in the source, to order rejects
 
 
+WNID = re.compile(r"n\d{8}")  # an ImageNet synset id: the only class folder names accepted
+_MEMBER = re.compile(r"(?:\./)?train_xml/(n\d{8})/([A-Za-z0-9][A-Za-z0-9_.\-]*)\.xml")
+
+
 def split_member_name(name: str) -> tuple[str, str] | None:
-    """'train_xml/<wnid>/<stem>.xml' -> (wnid, stem); None for anything else in the archive."""
-    parts = name.replace("\\", "/").rsplit("/", 2)
-    if len(parts) < 2 or not parts[-1].endswith(".xml"):
+    """'train_xml/<wnid>/<stem>.xml' -> (wnid, stem); None for any other name."""
+    m = _MEMBER.fullmatch(name)
+    return (m[1], m[2]) if m else None
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why a member name cannot be trusted; None for an annotation member, or for a file that
+    is plainly not one (a README beside train_xml/), which the reader skips."""
+    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
+        return "absolute path"
+    if ".." in re.split(r"[/\\]", name):
+        return "'..' in the path"
+    if "\\" in name or any(ord(c) < 32 for c in name):
+        return "backslash or control character in the name"
+    if _MEMBER.fullmatch(name) or not (name.endswith(".xml") or "train_xml/" in name):
         return None
-    return parts[-2], parts[-1][: -len(".xml")]
+    return "not train_xml/<wnid>/<stem>.xml with an ImageNet wnid (n + 8 digits)"
 
 
 def _xml_root(path: Path) -> Path:
     return path / "train_xml" if (path / "train_xml").is_dir() else path
 
 
+def _class_dirs(root: Path) -> list[os.DirEntry]:
+    """Folders of root in sorted order (symbolic links included: they are reported)."""
+    return sorted((e for e in os.scandir(root) if e.is_dir()), key=lambda e: e.name)
+
+
+def _folder_members(root: Path) -> Iterator[tuple[str, int]]:
+    """(path, kind) of every file in the class folders; links are SPECIAL, never followed."""
+    for d in _class_dirs(root):
+        if d.is_symlink():
+            yield d.path, SPECIAL
+            continue
+        for e in sorted(os.scandir(d.path), key=lambda e: e.name):
+            if e.is_symlink() or not e.is_file(follow_symlinks=False):
+                yield e.path, SPECIAL
+            else:
+                yield e.path, REGULAR
+
+
+def _read_member(path: str, want: bool) -> tuple[bytes, int]:
+    """A file's bytes (none unless wanted), reading at most one byte past the member limit."""
+    if not want:
+        return b"", REGULAR
+    with open(path, "rb") as f:
+        data = f.read(v.MAX_MEMBER_BYTES + 1)
+    return (b"", OVERSIZED) if len(data) > v.MAX_MEMBER_BYTES else (data, REGULAR)
+
+
 def _folder_blocks(path: Path, progress: Progress, keep_data: bool = True) -> Iterator[MemberBlock]:
-    """The extracted folder, file by file in sorted order, grouped like archive blocks."""
+    """The extracted folder, file by file in sorted order, grouped like archive blocks. Only
+    files whose relative name is an annotation member are read."""
     root = _xml_root(path)
-    files = (root / wnid / name
-             for wnid in sorted(e.name for e in os.scandir(root) if e.is_dir())
-             for name in sorted(os.listdir(root / wnid)) if name.endswith(".xml"))  # fmt: skip
+    files = _folder_members(root)
     while batch := list(itertools.islice(files, CHUNK_DOCS)):
-        datas = [f.read_bytes() if keep_data else b"" for f in batch]
+        datas, kinds = [], []
+        for name, kind in batch:
+            wanted = keep_data and kind == REGULAR and split_member_name(_relative(root, name))
+            data, got = _read_member(name, bool(wanted))
+            datas.append(data)
+            kinds.append(got if kind == REGULAR else kind)
         ends = np.cumsum([len(d) for d in datas], dtype=np.int64)
         progress.done += len(batch)
-        yield MemberBlock(b"".join(datas), [str(f) for f in batch], ends - [len(d) for d in datas],
-                          ends)  # fmt: skip
+        yield MemberBlock(b"".join(datas), [n for n, _ in batch], ends - [len(d) for d in datas],
+                          ends, np.array(kinds, np.int8))  # fmt: skip
+
+
+def _relative(root: Path, name: str) -> str:
+    """A folder file's name as the archive member it stands for (train_xml/<wnid>/<file>)."""
+    return "train_xml/" + name[len(str(root)) + 1 :]
 
 
 @dataclass
@@ -86,7 +139,8 @@ class ImageNetABSource:
         self.is_folder = self.path.is_dir()
         if self.is_folder:  # files of the folder, counted once (cheap beside parsing them)
             root = _xml_root(self.path)
-            self.progress = Progress(sum(len(os.listdir(d)) for d in root.iterdir()), unit="files")
+            count = sum(1 if d.is_symlink() else len(os.listdir(d.path)) for d in _class_dirs(root))
+            self.progress = Progress(count, unit="files")
         else:  # compressed bytes of the archive
             self.progress = Progress(self.path.stat().st_size)
         if self.with_jpeg and self.images is None:
@@ -101,11 +155,14 @@ class ImageNetABSource:
         """The class list labels index: given, or the sorted wnids of the whole source."""
         if self.classes is None:
             if self.is_folder:
-                root = _xml_root(self.path)
-                self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+                dirs = _class_dirs(_xml_root(self.path))
+                self.classes = [d.name for d in dirs if WNID.fullmatch(d.name) and
+                                not d.is_symlink()]  # fmt: skip
             else:  # a listing pass over the archive: every shard must number classes alike
-                names = (n for b in self._blocks(Progress(0), False) for n in b.names)
-                self.classes = sorted({p[0] for n in names if (p := split_member_name(n))})
+                members = ((n, k) for b in self._blocks(Progress(0), False)
+                           for n, k in zip(b.names, b.kinds.tolist(), strict=True))  # fmt: skip
+                wnids = {p[0] for n, k in members if k != SPECIAL and (p := split_member_name(n))}
+                self.classes = sorted(wnids)
         return self.classes
 
     def metadata(self) -> dict:
@@ -127,27 +184,27 @@ class ImageNetABSource:
                 yield pending.popleft().result()
 
     def _precheck(self, block: MemberBlock, shard, index: dict, seen: set, seq) -> tuple:
-        """Checks that need no parsing: duplicate key, unknown class, missing image."""
+        """Checks that need no parsing: safe name, duplicate key, unknown class, missing image."""
         chunk, rejects = _Chunk(block.buf), []
-        for name, start, end in zip(block.names, block.starts, block.ends, strict=True):
-            parsed = split_member_name(name)
+        kinds = block.kinds if block.kinds is not None else np.zeros(len(block.names), np.int8)
+        root = _xml_root(self.path) if self.is_folder else None
+        for name, start, end, kind in zip(block.names, block.starts, block.ends, kinds.tolist(),
+                                          strict=True):  # fmt: skip
             n = next(seq)
-            if parsed is None or not in_shard(parsed[1], shard):
+            member = _relative(root, name) if root is not None else name
+            parsed = split_member_name(member) if kind != SPECIAL else None  # safe if parsed
+            if parsed is None:
+                problem = _SPECIAL_WHY if kind == SPECIAL else unsafe_name(member)
+                if problem is not None and shard[0] == 0:  # no trustworthy key: shard 0 reports
+                    rejects.append((n, Reject(name, v.UNSAFE_PATH, f"{problem}: {name!r}", name)))
+                continue
+            if not in_shard(parsed[1], shard):
                 continue
             wnid, stem = parsed
-            bad = None
-            if stem in seen:
-                bad = Reject(stem, v.DUPLICATE_KEY, "the same image stem occurs twice", name)
-            elif wnid not in index:
-                detail = f"wnid {wnid} is not in the class list"
-                bad = Reject(stem, v.UNKNOWN_CLASS, detail, name)
-            elif self.images is not None:
-                image = self.images / _image_path(wnid, stem)
-                if not image.is_file():
-                    bad = Reject(stem, v.MISSING_IMAGE, f"{image} does not exist", name)
+            bad = self._member_problem(wnid, stem, kind, index, seen)
             seen.add(stem)
             if bad is not None:
-                rejects.append((n, bad))
+                rejects.append((n, Reject(stem, bad.reason, bad.detail, name)))
                 continue
             for column, value in zip((chunk.starts, chunk.ends, chunk.where, chunk.wnid,
                                       chunk.stem, chunk.seq), (start, end, name, wnid, stem, n),
@@ -155,15 +212,29 @@ class ImageNetABSource:
                 column.append(value)
         return chunk, rejects
 
+    def _member_problem(self, wnid: str, stem: str, kind: int, index: dict, seen: set
+                        ) -> RejectError | None:  # fmt: skip
+        if stem in seen:
+            return RejectError(v.DUPLICATE_KEY, "the same image stem occurs twice")
+        if kind == OVERSIZED:
+            limit = v.MAX_MEMBER_BYTES >> 20
+            return RejectError(v.MALFORMED_XML, f"larger than {limit} MiB: not an annotation file")
+        if wnid not in index:
+            return RejectError(v.UNKNOWN_CLASS, f"wnid {wnid} is not in the class list")
+        if self.images is not None:
+            image = v.image_file(self.images, _image_path(wnid, stem))
+            if not image.is_file():
+                return RejectError(v.MISSING_IMAGE, f"{image} does not exist")
+        return None
+
     def _assemble(self, chunk: _Chunk, index: dict, rejects: list) -> tuple:
         starts = np.array(chunk.starts, np.int64)
         ends = np.array(chunk.ends, np.int64)
         scan = xml_scan.scan_chunk(np.frombuffer(chunk.buf, np.uint8), starts, ends)
         for d in np.flatnonzero(scan.doc_err):
-            reason, what = xml_scan.ERRORS[scan.doc_err[d]]
-            at = int(scan.doc_errpos[d])
-            text = chunk.buf[starts[d] + at : min(starts[d] + at + 90, ends[d])]
-            detail = f"{what} at byte {at}: {text.decode('utf-8', 'replace')!r}"
+            reason, _ = xml_scan.ERRORS[scan.doc_err[d]]
+            doc = chunk.buf[starts[d] : ends[d]]
+            detail = _error_detail(doc, int(scan.doc_err[d]), int(scan.doc_errpos[d]))
             rejects.append((chunk.seq[d], Reject(chunk.stem[d], reason, detail, chunk.where[d])))
         keep = np.flatnonzero(scan.doc_err == 0)
         wnids = [chunk.wnid[i] for i in keep]
@@ -171,7 +242,8 @@ class ImageNetABSource:
         labels = np.array([index[w] for w in wnids], np.int32)
         jpegs = None
         if self.with_jpeg:
-            paths = [self.images / _image_path(w, s) for w, s in zip(wnids, stems, strict=True)]
+            paths = [v.image_file(self.images, _image_path(w, s))
+                     for w, s in zip(wnids, stems, strict=True)]  # fmt: skip
             jpegs = [p.read_bytes() for p in paths]
         batch = _columns(scan, chunk.buf, wnids, stems, labels, index, jpegs)
         return batch, [r for _, r in sorted(rejects, key=lambda sr: sr[0])]
@@ -179,6 +251,20 @@ class ImageNetABSource:
 
 def _image_path(wnid: str, stem: str) -> str:
     return f"train/{wnid}/{stem}.JPEG"
+
+
+_SPECIAL_WHY = "a link, device or other non-regular member (never followed)"
+
+
+def _error_detail(doc: bytes, err: int, at: int) -> str:
+    """What a scanner error says: the field it concerns, the value and where in the member."""
+    _, what = xml_scan.ERRORS[err]
+    field = xml_scan.field_at(doc, at, err)
+    if err == xml_scan.E_RANGE:
+        value = doc[at : doc.find(b"<", at)].strip().decode("utf-8", "replace")
+        return f"{xml_scan.leaf_range_detail(field, value)}, at byte {at}"
+    text = doc[at : at + 90].decode("utf-8", "replace")
+    return f"{field + ': ' if field else ''}{what} at byte {at}: {text!r}"
 
 
 def _offsets(ends: np.ndarray) -> np.ndarray:

@@ -15,11 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
+from luab_data.sources import validation as v
 from luab_data.sources.errors import SourceError
 
 BLOCK = 512
 READ_SIZE = 1 << 20
 TARGET_MEMBERS = 2048  # members per yielded block (fewer at the end)
+
+
+# Member kinds in MemberBlock.kinds: regular files carry their data; the others are reported
+# (by name, with no data) so that the reader can reject them instead of dropping them unseen.
+REGULAR, SPECIAL, OVERSIZED = 0, 1, 2
+_DATA = (b"0", b"\0", b"7")  # regular files
+_SPECIAL = (b"1", b"2", b"3", b"4", b"6")  # hard and symbolic links, devices, FIFOs
 
 
 @dataclass
@@ -30,18 +38,45 @@ class MemberBlock:
     names: list[str]
     starts: np.ndarray
     ends: np.ndarray
+    kinds: np.ndarray | None = None  # per member REGULAR / SPECIAL / OVERSIZED; None: all regular
 
 
-def _octal(field: bytes) -> int:
+class _BadHeader(ValueError):
+    """A tar header that cannot be trusted (its message says which field)."""
+
+
+def _octal(field: bytes, what: str = "numeric") -> int:
     if field[:1] and field[0] & 0x80:  # GNU base-256 for large sizes
         return int.from_bytes(field[1:], "big")
     text = field.rstrip(b"\0 ").strip()
-    return int(text, 8) if text else 0
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        raise _BadHeader(f"its {what} field {bytes(field)!r} is not an octal number") from None
 
 
-def _checksum_ok(header: bytes) -> bool:
-    stored = _octal(header[148:156])
-    return stored == sum(header[:148]) + 256 + sum(header[156:])
+def _check_header(header: bytes) -> int:
+    """The member's size, once the checksum proves the header intact."""
+    stored = _octal(header[148:156], "checksum")
+    if stored != sum(header[:148]) + 256 + sum(header[156:]):
+        raise _BadHeader("its checksum does not match")
+    return _octal(header[124:136], "size")
+
+
+_MAX_META = 1 << 20  # a long-name or pax record beyond this is a corrupt header
+
+
+def _check_end(stream: _Decompressed, rest: bytes, at: int) -> None:
+    """After the end-of-archive marker only zero padding may follow: anything else would be
+    members (a second archive appended) that a reader stopping here would drop unseen."""
+    while True:
+        if rest.count(0) != len(rest):
+            raise SourceError(f"data follow the end-of-archive marker at byte {at} (two archives "
+                              "concatenated, or a corrupt header)")  # fmt: skip
+        at += len(rest)
+        rest = stream.read()
+        if not rest:
+            return
 
 
 def _pax_path(data: bytes) -> str | None:
@@ -89,30 +124,41 @@ class _Decompressed:
 
 
 def iter_blocks(path: Path, progress=None, keep_data: bool = True) -> Iterator[MemberBlock]:
-    """Regular-file members of a tar (or tar.gz), grouped into blocks, in archive order."""
+    """Members of a tar (or tar.gz), grouped into blocks, in archive order: regular files with
+    their data; links, devices and members over MAX_MEMBER_BYTES by name only (see kinds)."""
     stream = _Decompressed(Path(path))
     buf = b""
     pos = 0
+    base = 0  # offset of buf[0] in the (decompressed) tar stream
     count = 0
     last = "the first member"
     names: list[str] = []
     starts: list[int] = []
     ends: list[int] = []
+    kinds: list[int] = []
     long_name: str | None = None
 
     def flush(cut: int) -> MemberBlock:
         block = MemberBlock(buf[:cut] if keep_data else b"", list(names),
-                            np.array(starts, np.int64), np.array(ends, np.int64))  # fmt: skip
-        names.clear(), starts.clear(), ends.clear()
+                            np.array(starts, np.int64), np.array(ends, np.int64),
+                            np.array(kinds, np.int8))  # fmt: skip
+        names.clear(), starts.clear(), ends.clear(), kinds.clear()
         return block
+
+    def add(name: str, start: int, end: int, kind: int) -> None:
+        nonlocal count, last
+        count += 1
+        last = name
+        names.append(name), starts.append(start), ends.append(end), kinds.append(kind)
 
     try:
         while True:
             if len(buf) - pos < BLOCK:
                 if names:
                     yield flush(min(pos, len(buf)))
-                # pos may lie past the buffer (padding not read yet): keep the distance
-                buf, pos = buf[pos:], max(0, pos - len(buf))
+                # pos may lie past the buffer (padding or skipped data not read yet)
+                cut = min(pos, len(buf))
+                buf, pos, base = buf[cut:], pos - cut, base + cut
                 more = stream.read()
                 if progress is not None:
                     progress.done = stream.consumed
@@ -122,44 +168,52 @@ def iter_blocks(path: Path, progress=None, keep_data: bool = True) -> Iterator[M
                 continue
             header = buf[pos : pos + BLOCK]
             if header.count(0) == BLOCK:
+                _check_end(stream, buf[pos:], base + pos)
                 break  # end-of-archive marker
-            if not _checksum_ok(header):
-                raise SourceError("a tar header has a bad checksum (corrupt archive)")
-            size = _octal(header[124:136])
+            try:
+                size = _check_header(header)
+            except _BadHeader as err:
+                raise SourceError(f"the tar header at byte {base + pos} of the tar stream "
+                                  f"(member {_name(header)!r}) is corrupt: {err}") from None
+            kind = header[156:157]
+            step = BLOCK + -(-size // BLOCK) * BLOCK
+            meta = kind in (b"L", b"x")  # GNU long name / pax header for the next member
+            buffered = meta or (kind in _DATA and size <= v.MAX_MEMBER_BYTES)
+            if meta and size > _MAX_META:
+                raise SourceError(f"the tar header at byte {base + pos} declares a {size}-byte "
+                                  "name record (corrupt archive)")  # fmt: skip
             end = pos + BLOCK + size
-            if end > len(buf):  # the member's data are not all in the buffer yet
+            if buffered and end > len(buf):  # the member's data are not all in the buffer yet
                 if names:
                     yield flush(pos)
-                buf, pos = buf[pos:], 0
+                buf, pos, base = buf[pos:], 0, base + pos
                 while len(buf) < BLOCK + size:
                     more = stream.read()
                     if not more:
-                        raise SourceError(f"the archive ends inside member {last}")
+                        raise SourceError(f"the archive ends inside member "
+                                          f"{long_name or _name(header)}")  # fmt: skip
                     buf += more
                 if progress is not None:
                     progress.done = stream.consumed
                 continue
-            kind = header[156:157]
-            if kind in (b"L", b"x"):  # GNU long name / pax header for the next member
+            if meta:
                 data = buf[pos + BLOCK : end]
                 long_name = (data.rstrip(b"\0").decode("utf-8", "replace") if kind == b"L"
                              else _pax_path(data))  # fmt: skip
-            elif kind in (b"0", b"\0", b"7"):
-                name = long_name or _name(header)
+            elif buffered:
+                add(long_name or _name(header), pos + BLOCK, end, REGULAR)
                 long_name = None
-                last = name
-                count += 1
-                names.append(name)
-                starts.append(pos + BLOCK)
-                ends.append(end)
                 if len(names) >= TARGET_MEMBERS:
                     yield flush(end)
-                    buf, pos = buf[end:], 0
-                    pos = -(-size // BLOCK) * BLOCK - size  # padding after the cut
+                    buf, pos, base = buf[end:], step - BLOCK - size, base + end  # padding left
                     continue
-            else:
-                long_name = None  # directories, links, global headers: skipped
-            pos += BLOCK + -(-size // BLOCK) * BLOCK
+            elif kind in _DATA or kind in _SPECIAL:  # reported by name, data skipped unread
+                add(long_name or _name(header), pos + BLOCK, pos + BLOCK,
+                    OVERSIZED if kind in _DATA else SPECIAL)  # fmt: skip
+                long_name = None
+            elif kind != b"K":  # directories, global headers (K: a long link target)
+                long_name = None
+            pos += step
         if names:
             yield flush(pos)
     except SourceError as err:

@@ -34,6 +34,18 @@ ANN_INT = (
     "originalImageHeight",
 )
 MISSING = np.iinfo(np.int64).min
+# Integer leaves: the record column each one fills, whose Arrow type bounds it, and the least
+# sensible value (no negative durations, counts, pages or sizes; a size of 0 is zero-size).
+INT_LEAVES = {
+    "estimateTime": ("ann_duration_ms", 0),
+    "hit_submit_time": ("ann_submit_s", 0),
+    "hoveredCount": ("ann_hover_count", 0),
+    "page_idx": ("ann_page", 0),
+    "originalImageWidth": ("width", 0),
+    "originalImageHeight": ("height", 0),
+    "width": ("width", 0),  # <size> of the ILSVRC box part
+    "height": ("height", 0),
+}
 
 # Error codes (index into ERRORS) with the reject reason each maps to.
 ERRORS = (
@@ -52,11 +64,22 @@ ERRORS = (
     (v.BAD_COORDINATES, "coordinate is not finite or far outside the image"),
     (v.BAD_TIMES, "time is not epoch milliseconds between 2000 and 2100"),
     (v.BAD_TIMES, "times go backwards within one annotation"),
+    (v.BAD_FIELD, "value out of range"),
+    (v.MALFORMED_XML, "the root element is not <annotation>"),
+    (v.MALFORMED_XML, "NUL byte (not allowed in XML)"),
+    (v.MALFORMED_XML, "entity reference other than &lt; &gt; &amp; &quot; &apos; or &#...; "
+                      "(DTD entities are never expanded)"),
+    (v.MALFORMED_XML, "DOCTYPE, ENTITY or CDATA section (the release has none; not processed)"),
+    (v.BAD_FIELD, "more <metadata> blocks than the int16 annotation index holds"),
+    (v.BAD_COORDINATES, "box corner missing, not finite or far outside the image"),
 )
 (
     E_OK, E_MISMATCH, E_EOF, E_TRAILING, E_DEPTH, E_NOROOT, E_NUMBER, E_BOOL, E_INCOMPLETE,
-    E_NOMETA, E_METAFIELD, E_ZERO, E_COORD, E_TIME, E_ORDER,
+    E_NOMETA, E_METAFIELD, E_ZERO, E_COORD, E_TIME, E_ORDER, E_RANGE, E_ROOT, E_NUL, E_ENTITY,
+    E_DTD, E_MANY, E_BOX,
 ) = range(len(ERRORS))  # fmt: skip
+# Errors found at a leaf's text: the reject names the leaf (see field_at).
+LEAF_ERRORS = (E_NUMBER, E_BOOL, E_RANGE)
 
 _MAX_DEPTH = 32
 _LONGEST_TAG = max(len(t) for t in TAGS)
@@ -126,7 +149,8 @@ def _tag_id(h, hashes, ids):
 
 @numba.njit(cache=True, nogil=True)
 def _skip_special(buf, i, end):
-    """Skip <?...?>, <!--...-->, <!...> starting at buf[i] == '<'; return index after it."""
+    """Skip <?...?> or <!--...--> starting at buf[i] == '<'; return the index after it, -1 if
+    the document ends first, -2 for any other <!...> (DOCTYPE, ENTITY, CDATA)."""
     if buf[i + 1] == 63:  # '?'
         j = i + 2
         while j + 1 < end and not (buf[j] == 63 and buf[j + 1] == 62):
@@ -137,10 +161,68 @@ def _skip_special(buf, i, end):
         while j + 2 < end and not (buf[j] == 45 and buf[j + 1] == 45 and buf[j + 2] == 62):
             j += 1
         return j + 3 if j + 2 < end else -1
-    j = i + 2
-    while j < end and buf[j] != 62:
+    return -2
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _word_at(buf, i, end, word):
+    if i + len(word) > end:
+        return False
+    for k in range(len(word)):
+        if buf[i + k] != word[k]:
+            return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _entity_ok(buf, i, end):
+    """Is buf[i:] (after an '&') a predefined entity or a character reference up to ';'?"""
+    for word in (_LT, _GT, _AMP, _QUOT, _APOS):
+        if _word_at(buf, i, end, word):
+            return True
+    if i >= end or buf[i] != 35:  # '#'
+        return False
+    hexa = i + 1 < end and buf[i + 1] == 120  # 'x'
+    j = i + 2 if hexa else i + 1
+    first = j
+    while j < end:
+        c = buf[j]
+        digit = 48 <= c <= 57 or (hexa and (97 <= c <= 102 or 65 <= c <= 70))
+        if not digit:
+            return c == 59 and j > first  # ';' after at least one digit
         j += 1
-    return j + 1 if j < end else -1
+    return False
+
+
+_LT = np.frombuffer(b"lt;", np.uint8)
+_GT = np.frombuffer(b"gt;", np.uint8)
+_AMP = np.frombuffer(b"amp;", np.uint8)
+_QUOT = np.frombuffer(b"quot;", np.uint8)
+_APOS = np.frombuffer(b"apos;", np.uint8)
+_COMMENT_END = np.frombuffer(b"-->", np.uint8)
+
+
+@numba.njit(cache=True, nogil=True)
+def _check_bytes(buf, start, end):
+    """NUL bytes and undeclared entity references (outside comments): (error, offset in doc).
+
+    The scanner never expands entities; one that needs a DTD would be kept as literal text."""
+    i = start
+    while i < end:
+        c = buf[i]
+        if c == 0:
+            return E_NUL, i - start
+        if c == 38 and not _entity_ok(buf, i + 1, end):
+            return E_ENTITY, i - start
+        if c == 60 and i + 3 < end and buf[i + 1] == 33 and buf[i + 2] == 45 and buf[i + 3] == 45:
+            i += 4
+            while i < end and not _word_at(buf, i, end, _COMMENT_END):
+                if buf[i] == 0:
+                    return E_NUL, i - start
+                i += 1
+            continue
+        i += 1
+    return E_OK, 0
 
 
 class ScanResult:
@@ -155,6 +237,21 @@ class ScanResult:
         ) = arrays  # fmt: skip
 
 
+def _leaf_bounds() -> np.ndarray:
+    """(low, high) per tag id: value_range of the column each integer leaf fills."""
+    bounds = np.zeros((len(TAGS) + 1, 2), np.int64)
+    bounds[:, 0], bounds[:, 1] = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    for name, (column, minimum) in INT_LEAVES.items():
+        bounds[T[name]] = v.value_range(column, minimum)
+    return bounds
+
+
+def leaf_range_detail(name: str, text: str) -> str:
+    """The bad-field detail of an integer leaf outside its range."""
+    column, minimum = INT_LEAVES.get(name, ("ann_submit_s", None))
+    return v.range_detail(name, text, column, minimum)
+
+
 def scan_chunk(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> ScanResult:
     """Scan documents buf[starts[i]:ends[i]]; see the module docstring."""
     n_bytes = max(int((ends - starts).sum()), 1)
@@ -164,12 +261,13 @@ def scan_chunk(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> ScanRes
     cap_smp = n_bytes // 55 + 1
     cap_obj = n_bytes // 17 + 1
     return ScanResult(
-        _scan(buf, starts, ends, n_docs, cap_ann, cap_smp, cap_obj, TAG_HASHES, TAG_IDS)
+        _scan(buf, starts, ends, n_docs, cap_ann, cap_smp, cap_obj, TAG_HASHES, TAG_IDS,
+              LEAF_BOUNDS, MAX_ANNOTATIONS)  # fmt: skip
     )
 
 
 @numba.njit(cache=True, nogil=True)
-def _scan(buf, starts, ends, n_docs, cap_ann, cap_smp, cap_obj, hashes, ids):
+def _scan(buf, starts, ends, n_docs, cap_ann, cap_smp, cap_obj, hashes, ids, bounds, max_ann):
     doc_err = np.zeros(n_docs, np.int32)
     doc_errpos = np.zeros(n_docs, np.int64)
     doc_ann_end = np.zeros(n_docs, np.int64)
@@ -193,6 +291,7 @@ def _scan(buf, starts, ends, n_docs, cap_ann, cap_smp, cap_obj, hashes, ids):
     clk_pos = np.empty(cap_smp, np.int64)
     obj_name = np.empty((cap_obj, 2), np.int64)
     obj_box = np.empty((cap_obj, 4), np.float64)
+    obj_pos = np.empty(cap_obj, np.int64)
     state = np.zeros(4, np.int64)  # cursors: annotations, samples, clicks, objects
     stacks = (
         np.zeros(_MAX_DEPTH, np.int64),  # start << 16 | length of each open tag's name
@@ -202,15 +301,17 @@ def _scan(buf, starts, ends, n_docs, cap_ann, cap_smp, cap_obj, hashes, ids):
     )
     for d in range(n_docs):
         saved = state.copy()
-        err, pos = _scan_doc(
-            buf, starts[d], ends[d], hashes, ids, stacks, state, doc_size[d], ann_str,
-            ann_int, ann_sel, smp_ann, smp_t, smp_x, smp_y, smp_pos, clk_ann, clk_t, clk_x, clk_y,
-            clk_pos, obj_name, obj_box,
-        )  # fmt: skip
+        err, pos = _check_bytes(buf, starts[d], ends[d])
+        if err == E_OK:
+            err, pos = _scan_doc(
+                buf, starts[d], ends[d], hashes, ids, bounds, stacks, state, doc_size[d],
+                ann_str, ann_int, ann_sel, smp_ann, smp_t, smp_x, smp_y, smp_pos, clk_ann, clk_t,
+                clk_x, clk_y, clk_pos, obj_name, obj_box, obj_pos,
+            )  # fmt: skip
         if err == E_OK:
             err, pos = _validate(
-                saved, state, ann_int, ann_sel, smp_ann, smp_t, smp_x, smp_y, smp_pos,
-                clk_ann, clk_t, clk_x, clk_y, clk_pos,
+                saved, state, max_ann, doc_size[d], ann_int, ann_sel, smp_ann, smp_t, smp_x,
+                smp_y, smp_pos, clk_ann, clk_t, clk_x, clk_y, clk_pos, obj_box, obj_pos,
             )  # fmt: skip
             pos = pos - starts[d] if pos > 0 else 0
         if err != E_OK:
@@ -232,8 +333,9 @@ def _scan(buf, starts, ends, n_docs, cap_ann, cap_smp, cap_obj, hashes, ids):
 
 @numba.njit(cache=True, nogil=True)
 def _scan_doc(
-    buf, start, end, hashes, ids, stacks, state, size, ann_str, ann_int, ann_sel, smp_ann, smp_t,
-    smp_x, smp_y, smp_pos, clk_ann, clk_t, clk_x, clk_y, clk_pos, obj_name, obj_box,
+    buf, start, end, hashes, ids, bounds, stacks, state, size, ann_str, ann_int, ann_sel,
+    smp_ann, smp_t, smp_x, smp_y, smp_pos, clk_ann, clk_t, clk_x, clk_y, clk_pos, obj_name,
+    obj_box, obj_pos,
 ):  # fmt: skip
     """Scan one document; returns (error code, byte offset of the error within the doc)."""
     stack_h, stack_id, had_child, text_at = stacks
@@ -261,9 +363,12 @@ def _scan_doc(
             return E_EOF, i - start
         c1 = buf[i + 1]
         if c1 == 63 or c1 == 33:  # '?' or '!'
-            i = _skip_special(buf, i, end)
-            if i < 0:
+            j = _skip_special(buf, i, end)
+            if j == -2:
+                return E_DTD, i - start
+            if j < 0:
                 return E_EOF, end - start
+            i = j
             continue
         if c1 == 47:  # closing tag
             ns = i + 2
@@ -292,13 +397,15 @@ def _scan_doc(
                     if not ok:
                         return E_NUMBER, ts - start
                 elif parent == T_META and ann >= 0:
-                    err = _meta_field(buf, tag, ts, i, ann, ann_str, ann_int, ann_sel)
+                    err = _meta_field(buf, tag, ts, i, ann, bounds, ann_str, ann_int, ann_sel)
                     if err != E_OK:
                         return err, ts - start
                 elif parent == T_SIZE and (tag == T_WIDTH or tag == T_HEIGHT):
                     val, ok = parse_int(buf, ts, i)
                     if not ok:
                         return E_NUMBER, ts - start
+                    if val < bounds[tag, 0] or val > bounds[tag, 1]:
+                        return E_RANGE, ts - start
                     size[0 if tag == T_WIDTH else 1] = val
                 elif parent == T_OBJECT and tag == T_NAME and state[3] > 0:
                     s0, e0 = strip(buf, ts, i)
@@ -337,6 +444,8 @@ def _scan_doc(
         if depth >= _MAX_DEPTH:
             return E_DEPTH, i - start
         tag = _tag_id(_hash(buf, ns, ne), hashes, ids) if ne - ns <= _LONGEST_TAG else 0
+        if depth == 0 and tag != T_ANNOTATION:
+            return E_ROOT, i - start
         if depth > 0:
             had_child[depth - 1] = True
         if tag == T_META and depth == 1:
@@ -351,6 +460,7 @@ def _scan_doc(
         elif tag == T_OBJECT:
             obj_name[state[3], :] = 0
             obj_box[state[3], :] = np.nan
+            obj_pos[state[3]] = i
             state[3] += 1
         self_closing = buf[gt - 1] == 47
         if not self_closing:
@@ -370,7 +480,7 @@ def _scan_doc(
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _meta_field(buf, tag, ts, te, ann, ann_str, ann_int, ann_sel):
+def _meta_field(buf, tag, ts, te, ann, bounds, ann_str, ann_int, ann_sel):
     """Store one leaf of a <metadata> block."""
     if tag == T_WORKER or tag == T_HIT or tag == T_IMAGEID:
         s0, e0 = strip(buf, ts, te)
@@ -389,6 +499,8 @@ def _meta_field(buf, tag, ts, te, ann, ann_str, ann_int, ann_sel):
         val, ok = parse_int(buf, ts, te)
         if not ok:
             return E_NUMBER
+        if val < bounds[tag, 0] or val > bounds[tag, 1]:
+            return E_RANGE
         col = _INT_COL[tag]
         if col >= 0:
             ann_int[ann, col] = val
@@ -397,12 +509,14 @@ def _meta_field(buf, tag, ts, te, ann, ann_str, ann_int, ann_sel):
 
 @numba.njit(cache=True, nogil=True)
 def _validate(
-    saved, state, ann_int, ann_sel, smp_ann, smp_t, smp_x, smp_y, smp_pos, clk_ann, clk_t,
-    clk_x, clk_y, clk_pos,
+    saved, state, max_ann, size, ann_int, ann_sel, smp_ann, smp_t, smp_x, smp_y, smp_pos,
+    clk_ann, clk_t, clk_x, clk_y, clk_pos, obj_box, obj_pos,
 ):  # fmt: skip
     """Per-document checks after a clean scan; returns (error, absolute byte position)."""
     if state[0] == saved[0]:
         return E_NOMETA, 0
+    if state[0] - saved[0] > max_ann:
+        return E_MANY, 0
     for a in range(saved[0], state[0]):
         if ann_sel[a] < 0 or ann_int[a, 4] == MISSING or ann_int[a, 5] == MISSING:
             return E_METAFIELD, 0
@@ -411,7 +525,18 @@ def _validate(
     err, pos = _check_series(saved[1], state[1], smp_ann, smp_t, smp_x, smp_y, smp_pos)
     if err != E_OK:
         return err, pos
-    return _check_series(saved[2], state[2], clk_ann, clk_t, clk_x, clk_y, clk_pos)
+    err, pos = _check_series(saved[2], state[2], clk_ann, clk_t, clk_x, clk_y, clk_pos)
+    if err != E_OK:
+        return err, pos
+    # boxes are normalised by the <size> block, else by the original size (as the reader does)
+    w = size[0] if size[0] > 0 else ann_int[saved[0], 4]
+    h = size[1] if size[1] > 0 else ann_int[saved[0], 5]
+    for o in range(saved[3], state[3]):
+        for k in range(4):
+            c = obj_box[o, k] / (w if k % 2 == 0 else h)
+            if not (v.COORD_MIN <= c <= v.COORD_MAX):
+                return E_BOX, obj_pos[o]
+    return E_OK, 0
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -426,6 +551,7 @@ def _check_series(s, e, owner, t, x, y, pos):
     return E_OK, 0
 
 
+T_ANNOTATION = T["annotation"]
 T_MOUSE = T["mouseTracking"]
 T_SELREC = T["selectedRecord"]
 T_META = T["metadata"]
@@ -440,3 +566,17 @@ T_WIDTH, T_HEIGHT, T_NAME, T_XMIN = T["width"], T["height"], T["name"], T["xmin"
 _INT_COL = np.full(len(TAGS) + 1, -1, np.int64)
 for _col, _name in enumerate(ANN_INT):
     _INT_COL[T[_name]] = _col
+LEAF_BOUNDS = _leaf_bounds()
+MAX_ANNOTATIONS = v.value_range("trace_ann")[1]  # annotation index within a record: int16
+
+
+def field_at(doc: bytes, at: int, err: int) -> str:
+    """The field an error names: the leaf whose text starts at `at` (number, range and bool
+    errors), else the element that starts there ('' if none)."""
+    lt = doc.rfind(b"<", max(0, at - 64), at)
+    if err in LEAF_ERRORS:
+        tag = doc[lt + 1 : at] if lt >= 0 else b""
+    else:
+        tag = doc[at + 1 : at + 64].split(b">", 1)[0] if doc[at : at + 1] == b"<" else b""
+    name = tag.rstrip(b">").split(maxsplit=1)
+    return name[0].decode("utf-8", "replace") if name else ""
