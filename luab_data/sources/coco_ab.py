@@ -6,6 +6,7 @@ the official loader's "last add wins, ignore move/remove" is available as policy
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,7 @@ class CocoABSource:
         if self.with_jpeg and self.images is None:
             raise SourceError("JPEG bytes were asked for but no --images folder was given")
         self.progress = Progress(self.path.stat().st_size)
+        self._list_rejects: list[Reject] = []
 
     def metadata(self) -> dict:
         classes = list(COCO_80_NAMES)
@@ -97,10 +99,13 @@ class CocoABSource:
     def batches(self, shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[pa.RecordBatch, list]]:
         seen: set[str] = set()
         count = 0
+        self._list_rejects = []  # about the list itself, not one element
         for buf, scan in self._scans():
             batch, rejects = self._assemble(buf, scan, count, seen, shard)
             count += len(scan.el_start)
             yield batch, rejects
+        if self._list_rejects and shard[0] == 0:  # reported once, by shard 0
+            yield pa.RecordBatch.from_pylist([], record_schema(self.with_jpeg)), self._list_rejects
         self.progress.done = self.progress.total
 
     def _scans(self) -> Iterator[tuple[bytes, json_scan.Scan]]:
@@ -109,7 +114,8 @@ class CocoABSource:
     def _scan_file(self) -> Iterator[tuple[bytes, json_scan.Scan]]:
         """(buffer, scan of the complete elements in it), reading on until the list ends."""
         with open(self.path, "rb") as f:
-            buf, comma, elements, base = _open_list(f, self.path), False, 0, 0
+            buf, base = _open_list(f, self.path)
+            comma, elements = json_scan.NO_ELEMENT_YET, 0
             while True:
                 data = f.read(READ_SIZE)
                 buf += data
@@ -121,7 +127,13 @@ class CocoABSource:
                 if len(scan.el_start):
                     yield buf, scan
                     elements += len(scan.el_start)
-                if scan.status == json_scan.LIST_END:
+                if scan.status in (json_scan.LIST_END, json_scan.LIST_TRAILING_COMMA):
+                    ref = f"{self.path.name}[{elements}]"
+                    if scan.status == json_scan.LIST_TRAILING_COMMA:
+                        detail = f"a ',' before the closing ']' at byte {base + scan.next_pos - 1}"
+                        self._list_rejects.append(Reject(f"?{ref}", v.MALFORMED_JSON, detail,
+                                                         ref))  # fmt: skip
+                    self._after_list(f, buf[scan.next_pos :], base + scan.next_pos, ref)
                     return
                 if not data:
                     raise SourceError(f"{where}: the JSON list is truncated (no closing ']')")
@@ -158,38 +170,85 @@ class CocoABSource:
             icons.append(placed)
         return _columns(buf, scan, keep, icons, tr_lo, self._jpegs(scan, keep)), rejects
 
+    def _after_list(self, f, rest: bytes, at: int, ref: str) -> None:
+        """Only whitespace may follow the list: anything else (a second list appended, say)
+        would be dropped unseen, so it is reported."""
+        while True:
+            text = rest.lstrip(_JSON_SPACE)
+            if text:
+                at += len(rest) - len(text)
+                detail = f"content after the list's closing ']' at byte {at}: {text[:40]!r}"
+                self._list_rejects.append(Reject(f"?{ref}", v.MALFORMED_JSON, detail, ref))
+                return
+            at += len(rest)
+            if not (rest := f.read(READ_SIZE)):
+                return
+
     def _check(self, buf: bytes, scan, k: int, trace_err: RejectError | None) -> None:
         ints = scan.el_int[k]
-        if scan.el_err[k] == json_scan.OK and trace_err is None and min(ints[_W], ints[_H]) > 0:
+        if (scan.el_err[k] == json_scan.OK and trace_err is None and ints[_ID] != MISSING
+                and min(ints[_W], ints[_H]) > 0):  # fmt: skip
             return  # the common case, checked at once (MISSING is negative)
         if scan.el_err[k] != json_scan.OK:
-            at = int(scan.el_errpos[k])
-            reason = v.MALFORMED_JSON if scan.el_err[k] == json_scan.SYNTAX else v.BAD_FIELD
-            text = buf[at : at + 60].decode("utf-8", "replace")
-            raise RejectError(reason, f"{json_scan.WHAT[scan.el_what[k]]} near {text!r}")
-        if ints[_ID] == MISSING or ints[_W] == MISSING or ints[_H] == MISSING:
-            raise RejectError(v.BAD_FIELD, "image_id or originalImageWidth/Height is missing")
+            raise RejectError(*_element_error(buf, scan, k))
+        if ints[_ID] == MISSING:
+            raise RejectError(v.BAD_FIELD, "image_id is missing (it is the record's key)")
+        if ints[_W] == MISSING or ints[_H] == MISSING:
+            raise RejectError(v.BAD_FIELD, "originalImageWidth or originalImageHeight is missing")
         if ints[_W] <= 0 or ints[_H] <= 0:
             raise RejectError(v.ZERO_SIZE, f"original size {ints[_W]}x{ints[_H]}: never loaded")
         if trace_err is not None:
             raise trace_err
 
     def _check_image(self, image_id: int) -> None:
-        if self.images is not None and not (self.images / image_path(image_id)).is_file():
-            raise RejectError(v.MISSING_IMAGE, f"{self.images / image_path(image_id)} is missing")
+        if self.images is not None:
+            path = v.image_file(self.images, image_path(image_id))
+            if not path.is_file():
+                raise RejectError(v.MISSING_IMAGE, f"{path} is missing")
 
     def _jpegs(self, scan, keep: np.ndarray) -> list[bytes] | None:
         if not self.with_jpeg:
             return None
-        return [(self.images / image_path(int(i))).read_bytes() for i in scan.el_int[keep, _ID]]
+        ids = scan.el_int[keep, _ID].tolist()
+        return [v.image_file(self.images, image_path(i)).read_bytes() for i in ids]
 
 
-def _open_list(f, path: Path) -> bytes:
-    """Consume the opening '[' (after any whitespace); return what was read past it."""
-    head = f.read(4096).lstrip()
-    if not head.startswith(b"["):
-        raise SourceError(f"{path}: expected a JSON list ('[') at the start")
-    return head[1:]
+_JSON_SPACE = b" \t\r\n"
+_BOM = b"\xef\xbb\xbf"
+_KEY_BEFORE = re.compile(rb'"([^"\\]{1,64})"\s*:\s*$')
+_NUMBER = re.compile(rb"[-+0-9.eE]+")
+
+
+def _element_error(buf: bytes, scan, k: int) -> tuple[str, str]:
+    """(reason, detail) of an element the scanner flagged, naming the key and its value."""
+    at = int(scan.el_errpos[k])
+    what = scan.el_what[k]
+    key = _KEY_BEFORE.search(buf[max(0, at - 80) : at])
+    field = key[1].decode("utf-8", "replace") if key else ""
+    if what == json_scan.W_RANGE:
+        number = _NUMBER.match(buf, at)
+        value = number[0].decode() if number else "?"
+        column, minimum = json_scan.INT_RANGES[field]
+        return v.BAD_FIELD, v.range_detail(field, value, column, minimum)
+    reason = v.MALFORMED_JSON if scan.el_err[k] == json_scan.SYNTAX else v.BAD_FIELD
+    text = buf[at : at + 60].decode("utf-8", "replace")
+    return reason, f"{field + ': ' if field else ''}{json_scan.WHAT[what]} near {text!r}"
+
+
+def _open_list(f, path: Path) -> tuple[bytes, int]:
+    """Consume a UTF-8 BOM, any amount of whitespace and the opening '['; return what was read
+    past it and its offset in the file."""
+    head = f.read(READ_SIZE)
+    skipped = len(_BOM) if head.startswith(_BOM) else 0
+    head = head[skipped:]
+    while not (text := head.lstrip(_JSON_SPACE)):
+        skipped += len(head)
+        if not (head := f.read(READ_SIZE)):
+            raise SourceError(f"{path}: empty (or only whitespace): expected a JSON list ('[')")
+    skipped += len(head) - len(text)
+    if not text.startswith(b"["):
+        raise SourceError(f"{path}: expected a JSON list ('[') at byte {skipped}")
+    return text[1:], skipped + 1
 
 
 def _trace_errors(scan, tr_lo: np.ndarray) -> list[RejectError | None]:

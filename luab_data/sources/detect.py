@@ -33,7 +33,7 @@ def detect_kind(path: Path) -> str:
         if _is_tar(head):
             return IMAGENET_AB
         raise SourceError(f"{path}: a gzip file that is not a tar archive")
-    text = head.decode("utf-8", "replace").lstrip()
+    text = _text_head(path, head)
     if text.startswith("{") and HEADER_KEY in text.split("\n", 1)[0]:
         return RECORDS
     if text.startswith("["):
@@ -46,6 +46,19 @@ def detect_kind(path: Path) -> str:
         f"cannot tell what kind of source {path} is (expected an ImageNet-AB tar/tar.gz or "
         f"folder, a COCO-AB JSON list, records .json/.jsonl, or Parquet); force it with --kind"
     )
+
+
+def _text_head(path: Path, head: bytes, size: int = 1 << 16) -> str:
+    """The start of a text file past a UTF-8 BOM and any amount of leading whitespace."""
+    head = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    if head:
+        return head.decode("utf-8", "replace")
+    with open(path, "rb") as f:  # all whitespace so far: read on, a piece at a time
+        f.seek(size)
+        while piece := f.read(size):
+            if piece := piece.lstrip():
+                return (piece + f.read(size)).decode("utf-8", "replace")
+    return ""
 
 
 def _is_tar(head: bytes) -> bool:

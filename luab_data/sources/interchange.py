@@ -40,20 +40,52 @@ def header(metadata: dict) -> dict:
     return {HEADER_KEY: {"format_version": FORMAT_VERSION, "metadata": metadata}}
 
 
+# Least sensible value of the integer columns (else their Arrow type's range applies).
+_MINIMUM = {
+    "width": 0, "height": 0, "label": -1, "labels": 0, "click_class": 0, "click_ann": 0,
+    "trace_ann": 0, "ann_duration_ms": 0, "ann_submit_s": 0, "ann_page": 0,
+    "ann_hover_count": 0, "box_class": -1,
+}  # fmt: skip
+_INTEGER_COLUMNS = [
+    f.name for f in RECORD_SCHEMA
+    if pa.types.is_integer(f.type.value_type if pa.types.is_list(f.type) else f.type)
+    and f.name not in ("n_clicks", "n_trace")  # recomputed from the lists
+]  # fmt: skip
+
+
+def _check_integers(row: dict) -> None:
+    """Every integer column within value_range, or the row is a bad-field reject."""
+    for name in _INTEGER_COLUMNS:
+        low, high = v.value_range(name, _MINIMUM.get(name))
+        values = row[name] if isinstance(row[name], list) else [row[name]]
+        for x in values:
+            if x is None:
+                continue
+            if not isinstance(x, int) or isinstance(x, bool):
+                raise RejectError(v.BAD_FIELD, f"{name} = {x!r} is not an integer")
+            if not low <= x <= high:
+                raise RejectError(v.BAD_FIELD, v.range_detail(name, x, name, _MINIMUM.get(name)))
+
+
 def check_row(row: dict) -> None:
     """Validate one interchange record like the release readers validate theirs."""
     missing = [f.name for f in RECORD_SCHEMA if not f.nullable and f.name not in row]
     if missing:
         raise RejectError(v.BAD_FIELD, f"missing columns {missing}")
-    if not row["width"] or not row["height"] or row["width"] <= 0 or row["height"] <= 0:
+    if not isinstance(row["key"], str) or not row["key"]:
+        raise RejectError(v.BAD_FIELD, f"key = {row['key']!r} is not a non-empty string")
+    _check_integers(row)
+    if not row["width"] or not row["height"]:
         raise RejectError(v.ZERO_SIZE, f"size {row['width']}x{row['height']}")
     for head, rest in _GROUPS.items():
         n = len(row[head])
         if any(len(row[c]) != n for c in rest):
             raise RejectError(v.BAD_FIELD, f"columns {head}, {', '.join(rest)} differ in length")
-    for name in ("click_x", "click_y", "trace_x", "trace_y", "point_x", "point_y"):
+    for name in ("click_x", "click_y", "trace_x", "trace_y", "point_x", "point_y", "box_x0",
+                 "box_y0", "box_x1", "box_y1"):  # fmt: skip
         values = row[name] if isinstance(row[name], list) else [row[name]]
-        if any(x is not None and not v.coord_ok(x) for x in values):
+        if any(x is not None and not (isinstance(x, int | float) and v.coord_ok(x))
+               for x in values):  # fmt: skip
             raise RejectError(v.BAD_COORDINATES, f"{name} has a non-finite or absurd value")
     for times, anns in (("trace_t", "trace_ann"), ("click_t", "click_ann")):
         t, a = row[times], row[anns]
@@ -78,6 +110,7 @@ class InterchangeSource:
         if self.path.suffix == ".jsonl" or _first_char(self.path) == "{":
             for index, line in enumerate(f):
                 self.progress.done = f.tell()
+                line = line.removeprefix(_BOM) if index == 0 else line
                 if line.strip():
                     try:
                         yield index, json.loads(line)
@@ -98,7 +131,7 @@ class InterchangeSource:
     def batches(self, shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[pa.RecordBatch, list]]:
         self.metadata()
         seen: set[str] = set()
-        rows: list[dict] = []
+        rows: list[tuple[dict, str]] = []
         rejects: list[Reject] = []
         with open(self.path, "rb") as f:
             for index, element in self._elements(f):
@@ -109,13 +142,29 @@ class InterchangeSource:
                 if isinstance(item, Reject):
                     rejects.append(item)
                 elif item is not None:
-                    rows.append(item)
+                    rows.append((item, where))
                 if len(rows) >= BATCH:
-                    yield pa.RecordBatch.from_pylist(rows, RECORD_SCHEMA), rejects
+                    yield _to_batch(rows, rejects)
                     rows, rejects = [], []
         self.progress.done = self.progress.total
         if rows or rejects:
-            yield pa.RecordBatch.from_pylist(rows, RECORD_SCHEMA), rejects
+            yield _to_batch(rows, rejects)
+
+
+def _to_batch(rows: list[tuple[dict, str]], rejects: list[Reject]) -> tuple:
+    """The batch of the rows; a row Arrow cannot hold (a wrong type the checks did not foresee)
+    is found row by row and rejected, never the whole batch lost."""
+    try:
+        return pa.RecordBatch.from_pylist([r for r, _ in rows], RECORD_SCHEMA), rejects
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        good = []
+        for row, where in rows:
+            try:
+                pa.RecordBatch.from_pylist([row], RECORD_SCHEMA)
+                good.append(row)
+            except (pa.ArrowException, TypeError, ValueError, OverflowError) as err:
+                rejects.append(Reject(row["key"], v.BAD_FIELD, f"not storable: {err}", where))
+        return pa.RecordBatch.from_pylist(good, RECORD_SCHEMA), rejects
 
 
 def _one(element: object, where: str, seen: set, shard) -> dict | Reject | None:
@@ -139,9 +188,12 @@ def _one(element: object, where: str, seen: set, shard) -> dict | Reject | None:
     return element
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _first_char(path: Path) -> str:
     with open(path, "rb") as f:
-        return f.read(4096).lstrip()[:1].decode("ascii", "replace")
+        return f.read(4096).removeprefix(_BOM).lstrip()[:1].decode("ascii", "replace")
 
 
 def _json_value(x: object) -> object:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+import pyarrow as pa
 
+from luab_data.sources import validation as v
 from luab_data.sources.numparse import is_space, parse_float, parse_int
 from luab_data.sources.xml_scan import _fnv1a, _hash, _tag_id
 
@@ -25,7 +27,17 @@ _ORDER = np.argsort(np.array([_fnv1a(n) for n in KEYS], np.uint64))
 KEY_HASHES = np.array([_fnv1a(n) for n in KEYS], np.uint64)[_ORDER]
 KEY_IDS = np.arange(1, len(KEYS) + 1, dtype=np.int32)[_ORDER]
 TOP_KEY_MAX = K["mouseTracking"]  # ids 1..9 are top-level keys (for resynchronising)
-INT_FIELDS = ("image_id", "page_id", "originalImageWidth", "originalImageHeight", "timeSpent")
+# Integer fields: the record column (or type) each one fills, and the least sensible value
+# (image ids, pages, durations and sizes are never negative; a size of 0 is zero-size).
+INT_RANGES = {
+    "image_id": (pa.int64(), 0),  # becomes the key and the image file name
+    "page_id": ("ann_page", 0),
+    "originalImageWidth": ("width", 0),
+    "originalImageHeight": ("height", 0),
+    "timeSpent": ("ann_duration_ms", 0),
+}
+INT_FIELDS = tuple(INT_RANGES)
+INT_BOUNDS = v.range_table(INT_RANGES)  # (low, high) per INT_FIELDS column
 MISSING = np.iinfo(np.int64).min
 
 # status of one element
@@ -40,10 +52,13 @@ WHAT = (
     "pointTo must be {x, y} with numbers, or null",
     "timeAt must be a number",
     "image_id, page_id, originalImageWidth/Height and timeSpent must be integers",
+    "value out of range",
 )
-W_SYNTAX, W_NOTOBJ, W_TRACE, W_ACTIONS, W_POINT, W_TIME, W_INT = range(1, len(WHAT))
-# list-level status
-LIST_MORE, LIST_END, LIST_BAD = 0, 1, 2
+W_SYNTAX, W_NOTOBJ, W_TRACE, W_ACTIONS, W_POINT, W_TIME, W_INT, W_RANGE = range(1, len(WHAT))
+# list-level status (LIST_TRAILING_COMMA: the list ended with ',]', which JSON does not allow)
+LIST_MORE, LIST_END, LIST_BAD, LIST_TRAILING_COMMA = 0, 1, 2, 3
+# where a scan stands between elements (its `expect_comma`, handed to the next scan)
+NO_ELEMENT_YET, AFTER_ELEMENT, AFTER_COMMA = 0, 1, 2
 
 _OBJ, _ARR = 1, 2
 _MAX_DEPTH = 64
@@ -122,16 +137,17 @@ class Scan:
         ) = arrays  # fmt: skip
 
 
-def scan_list(buf: np.ndarray, pos: int, started: bool, expect_comma: bool, eof: bool) -> Scan:
+def scan_list(buf: np.ndarray, pos: int, started: bool, expect_comma: int, eof: bool) -> Scan:
     """Scan the list elements in buf[pos:]. `started`: the opening '[' is behind us;
-    `expect_comma`: an element is behind us. Resume from `next_pos` with `expect_comma`."""
+    `expect_comma`: NO_ELEMENT_YET (or False), AFTER_ELEMENT (or True) or AFTER_COMMA. Resume
+    from `next_pos` with the scan's `expect_comma`."""
     n = max(len(buf) - pos, 1)
-    return Scan(_scan_list(buf, pos, started, expect_comma, eof, n // 40 + 2, n // 20 + 2,
-                           n // 40 + 2, KEY_HASHES, KEY_IDS))  # fmt: skip
+    return Scan(_scan_list(buf, pos, started, int(expect_comma), eof, n // 40 + 2, n // 20 + 2,
+                           n // 40 + 2, KEY_HASHES, KEY_IDS, INT_BOUNDS))  # fmt: skip
 
 
 @numba.njit(cache=True, nogil=True)
-def _scan_list(buf, pos, started, first, eof, cap_el, cap_tr, cap_act, hashes, ids):
+def _scan_list(buf, pos, started, between, eof, cap_el, cap_tr, cap_act, hashes, ids, bounds):
     end = len(buf)
     el_start = np.empty(cap_el, np.int64)
     el_end = np.empty(cap_el, np.int64)
@@ -161,31 +177,29 @@ def _scan_list(buf, pos, started, first, eof, cap_el, cap_tr, cap_act, hashes, i
         else:
             i += 1
             started = True
-    first = not first  # from here on: no ',' is due before the next element
     while status == LIST_MORE and started:
         i = _ws(buf, i, end)
         if i >= end:
             break
         if buf[i] == 93:  # ']'
-            status = LIST_END
+            status = LIST_TRAILING_COMMA if between == AFTER_COMMA else LIST_END
             i += 1
             break
-        if not first:
+        if between == AFTER_ELEMENT:
             if buf[i] != 44:  # ','
                 status = LIST_BAD
                 break
-            i = _ws(buf, i + 1, end)
-            first = True
-            if i >= end:
-                break
+            between = AFTER_COMMA
+            i += 1
+            continue
         e = cur[0]
         saved = cur.copy()
         el_start[e] = i
         el_int[e, :] = MISSING
         el_str[e, :, :] = 0
         err, what, errpos, j = _element(
-            buf, i, end, stacks, hashes, ids, e, cur, el_int, el_str, tr, act_kind, act_icon,
-            act_t, act_xy,
+            buf, i, end, stacks, hashes, ids, bounds, e, cur, el_int, el_str, tr, act_kind,
+            act_icon, act_t, act_xy,
         )  # fmt: skip
         if err == NEED_MORE:
             cur[:] = saved
@@ -211,11 +225,11 @@ def _scan_list(buf, pos, started, first, eof, cap_el, cap_tr, cap_act, hashes, i
         el_tr_end[e] = cur[1]
         el_act_end[e] = cur[2]
         cur[0] = e + 1
-        first = False
+        between = AFTER_ELEMENT
         i = j
     ne, nt, na = cur[0], cur[1], cur[2]
     return (
-        status, i, not first, el_start[:ne], el_end[:ne], el_err[:ne], el_what[:ne], el_errpos[:ne],
+        status, i, between, el_start[:ne], el_end[:ne], el_err[:ne], el_what[:ne], el_errpos[:ne],
         el_int[:ne], el_str[:ne], el_tr_end[:ne], el_act_end[:ne], tr[:nt, 0], tr[:nt, 1],
         tr[:nt, 2], act_kind[:na], act_icon[:na], act_t[:na], act_xy[:na],
     )  # fmt: skip
@@ -241,8 +255,8 @@ def _resync(buf, i, end, hashes, ids):
 
 @numba.njit(cache=True, nogil=True)
 def _element(
-    buf, i, end, stacks, hashes, ids, e, cur, el_int, el_str, tr, act_kind, act_icon, act_t,
-    act_xy,
+    buf, i, end, stacks, hashes, ids, bounds, e, cur, el_int, el_str, tr, act_kind, act_icon,
+    act_t, act_xy,
 ):  # fmt: skip
     """Parse one list element; returns (status, what, error position, index after it)."""
     kind, ctx, key_at = stacks
@@ -337,8 +351,8 @@ def _element(
             return SYNTAX, W_SYNTAX, i, i
         if depth == 0:
             return TYPE, W_NOTOBJ, start, j  # a scalar element
-        err, have = _scalar(buf, i, j, c, depth, key, ctx, have, e, cur, el_int, el_str, tr,
-                            act_kind, act_icon, act_t, act_xy)  # fmt: skip
+        err, have = _scalar(buf, i, j, c, depth, key, ctx, have, bounds, e, cur, el_int, el_str,
+                            tr, act_kind, act_icon, act_t, act_xy)  # fmt: skip
         if err != 0 and type_err == 0:
             type_err, type_at = err, i
         i = j
@@ -383,8 +397,8 @@ def _number(buf, i, j, c):
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _scalar(
-    buf, i, j, c, depth, key, ctx, have, e, cur, el_int, el_str, tr, act_kind, act_icon, act_t,
-    act_xy,
+    buf, i, j, c, depth, key, ctx, have, bounds, e, cur, el_int, el_str, tr, act_kind, act_icon,
+    act_t, act_xy,
 ):  # fmt: skip
     """Store one scalar value found under `key` at `depth`; returns (type error, have)."""
     if depth == 1:
@@ -393,7 +407,9 @@ def _scalar(
             val, ok = parse_int(buf, i, j)
             if not ok:
                 return W_INT, have
-            el_int[e, col] = val
+            el_int[e, col] = val  # kept even when out of range: the key names the reject
+            if val < bounds[col, 0] or val > bounds[col, 1]:
+                return W_RANGE, have
         elif key == K_WORKER or key == K_HIT:
             el_str[e, 0 if key == K_WORKER else 1, 0] = i + 1 if c == 34 else i
             el_str[e, 0 if key == K_WORKER else 1, 1] = j - 1 if c == 34 else j

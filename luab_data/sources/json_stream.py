@@ -37,7 +37,7 @@ class JsonListReader:
     def __init__(self, file: IO[bytes], name: str, top_keys: tuple[str, ...]):
         self.file = file
         self.name = name
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")  # BOM skipped
         self.buf = ""
         self.pos = 0
         self.base = 0  # file character offset of buf[0]
