@@ -1,0 +1,112 @@
+"""The GPU check's dry run (scripts/gpu_check.sh --dry-run): every step of the check runs on a
+CPU with tiny sizes, so that the check cannot rot between the sessions that have a GPU.
+
+One run of the script (a fresh work folder: it generates its sample and .beton too) feeds all
+the tests; its steps iterate FFCV and DALI loaders, hence the timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ffcv")
+pytest.importorskip("nvidia.dali")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_check  # noqa: E402
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory) -> tuple[dict, str, Path]:
+    work = tmp_path_factory.mktemp("gpu_check")
+    out = work / "record" / "dry.json"
+    env = {**os.environ, "PYTHON": sys.executable}
+    res = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--work", str(work),
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=570, env=env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return json.loads(out.read_text()), res.stdout, out
+
+
+def test_every_step_ran_on_the_cpu(dry_run) -> None:
+    report, _, _ = dry_run
+    expected = [s.name for s in gpu_check.steps_of(gpu_check.Plan.dry(2))]
+    assert list(report["steps"]) == expected
+    statuses = {name: (rec["status"], rec.get("reason")) for name, rec in report["steps"].items()}
+    assert all(status == "ok" for status, _ in statuses.values()), statuses
+    assert report["dry_run"] is True and report["plan"]["device"] == "cpu"
+    assert report["plan"]["compile"] is False
+    for name, rec in report["steps"].items():
+        assert rec["seconds"] >= 0 and rec["timeout_s"] > 0, name
+        assert rec["memory"]["peak_rss_mib"] > 0, name
+
+
+def _figures(report: dict):
+    for name, rec in report["steps"].items():
+        for group in ("figures", "ratios"):
+            for label, fig in rec.get(group, {}).items():
+                yield f"{name}: {label}", fig
+        for label, fig in rec.get("explain", {}).items():
+            if isinstance(fig, dict) and "median" in fig:
+                yield f"{name}: {label}", fig
+
+
+def test_figures_are_positive_with_their_spread(dry_run) -> None:
+    report, _, _ = dry_run
+    figures = dict(_figures(report))
+    for step in ("raster", "loaders", "train@32", "dali", "compile@32"):
+        assert any(label.startswith(step + ":") for label in figures), step
+    for label, fig in figures.items():
+        values = fig["values"]
+        assert fig["n"] == len(values) >= 1, label
+        assert all(math.isfinite(v) for v in values), label
+        ok_zero = label.endswith("loader_wait_ms_per_step")  # a wait can round to 0
+        assert all(v > 0 or (ok_zero and v >= 0) for v in values), (label, values)
+        assert fig["min"] <= fig["median"] <= fig["max"], label
+    train = report["steps"]["train@32"]
+    assert set(train["figures"]) == {"fed by CoupledLoader", "synthetic on-device",
+                                     "CoupledLoader alone (no training)"}  # fmt: skip
+    assert train["ratios"]["fed / synthetic"]["median"] > 0
+    assert isinstance(train["meets_goal"], bool) and train["diagnosis"]
+    dali = report["steps"]["dali"]["figures"]
+    assert {"FFCV coupled", "DALI CPU"} <= set(dali)
+
+
+def test_loss_check_compares_values(dry_run) -> None:
+    report, _, _ = dry_run
+    loss = report["steps"]["loss"]
+    assert loss["passed"] is True
+    terms = loss["checks"]["terms_cpu_vs_device"]
+    assert terms["compared"] >= 3 * 4 and terms["tolerance"]["rtol"] > 0  # 3 combos x 4 terms
+    for combo in terms["terms"].values():
+        assert set(combo) == {"ce", "point", "attention", "loss"}
+        for row in combo.values():
+            assert math.isfinite(row["cpu"]) and row["cpu"] > 0
+            assert row["abs_diff"] == abs(row["cpu"] - row["device"]) and row["ok"]
+    base = loss["checks"]["baseline_bit_for_bit"]
+    assert base["loss_is_ce"] and base["losses_equal"] and base["weights_equal"]
+    assert len(base["step_losses"]) == 3 and all(a == b for a, b in base["step_losses"])
+    align = report["steps"]["dali_align"]["checks"]
+    assert align["pass"] and align["augmentations"] > 0 and align["marker_checks"] > 0
+
+
+def test_table_and_record_place(dry_run) -> None:
+    report, stdout, out = dry_run
+    assert "luab-data GPU check (DRY RUN, CPU)" in stdout and f"wrote {out}" in stdout
+    for name in report["steps"]:
+        assert f"\n{name}" in stdout
+    assert report["machine"]["versions"]["torch"]
+    assert not (ROOT / "benchmarks" / "results" / "gpu-none.json").exists()
