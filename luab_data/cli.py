@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from luab_data import __version__, bench
-from luab_data.build import StrictError, Summary, build_parquet, iterate
-from luab_data.sources import KINDS, SourceError, open_source, read_class_file
+from luab_data.build import StrictError, Summary, build_parquet, iterate, resolve_images
+from luab_data.sources import KINDS, SourceError, detect_kind, open_source, read_class_file
 from luab_data.sources.coco_ab import POLICIES
 from luab_data.sources.interchange import write_interchange
 from luab_data.sources.sharding import parse_shard
@@ -89,7 +89,8 @@ def _fail(err: Exception) -> None:
     type=click.Path(exists=True, file_okay=False),
     default=None,
     help="Folder holding the JPEGs in the release layout (train/<wnid>/<stem>.JPEG "
-    "or train2014/...): records whose image is missing are rejected.",
+    "or train2014/...), or the train/ (train2014/) folder itself: records whose image is "
+    "missing are rejected.",
 )
 @click.option(
     "--with-images", is_flag=True, help="Store the JPEG bytes in the output (needs --images)."
@@ -154,10 +155,15 @@ def build(ctx, src, kind, classes_file, coco_policy, images, with_images, out, f
         return
     try:
         shard_ = parse_shard(shard)
+        notes = []
+        if images:
+            images, note = resolve_images(images, kind or detect_kind(Path(src)))
+            notes.append(note)
         source = _open(src, kind, classes_file, coco_policy, images=images,
                        with_jpeg=with_images, workers=workers)  # fmt: skip
         summary = build_parquet(source, Path(out), shard_, strict=strict, overwrite=overwrite,
-                                rows_per_file=rows_per_file, show_progress=not quiet)  # fmt: skip
+                                rows_per_file=rows_per_file, show_progress=not quiet,
+                                notes=notes)  # fmt: skip
     except (SourceError, StrictError, FileExistsError, ValueError) as err:
         _fail(err)
     click.echo("\n".join(summary.lines()))

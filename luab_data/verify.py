@@ -1,12 +1,15 @@
-"""`luab-data verify X.beton --src ...`: read every sample back and check it against the source.
+"""`luab-data verify X.beton [--src ...]`: is the file whole, and does it hold its source?
 
-The records are read again from the source with the build's options (class list, COCO policy,
-shard, from the manifest), the maps re-rasterised and the fixed arrays recomputed with the
-build's raster settings, and each compared with the file: maps bit-exact, points and traces
-exact, labels, original sizes and sample indices equal, keys in the manifest's order. Source
-records absent from the file must be listed in its rejects file. With the image folder, each
-stored image's size must be FFCV's resize of the source JPEG's size (and with
-``decode_images`` every stored image must decode).
+First the bytes: the file's size and SHA-256 against its manifest and, on a difference, which
+part differs (header or allocation table: one error; samples: each named by its key, from the
+CRC-32 of its stored bytes). A file that cannot be read at all is one error line, never a
+traceback. Then, with the source, the records are read again with the build's options (class
+list, COCO policy, shard, from the manifest), the maps re-rasterised and the fixed arrays
+recomputed with the build's raster settings, and each compared with the file: maps bit-exact,
+points and traces exact, labels, original sizes and sample indices equal, keys in the
+manifest's order. Source records absent from the file must be listed in its rejects file.
+With the image folder, each stored image's size must be FFCV's resize of the size its source
+image's header declares (and with ``decode_images`` every stored image must decode).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -23,23 +27,28 @@ import pyarrow as pa
 MAX_LISTED = 20
 
 
+class VerifyError(ValueError):
+    """The file cannot be verified at all (missing, not a .beton, damaged header or tables)."""
+
+
 @dataclass
 class Report:
     samples: int = 0
     checked: int = 0
     mismatches: list[tuple[str, str, str]] = field(default_factory=list)  # key, field, detail
     notes: list[str] = field(default_factory=list)
+    compared: bool = True  # the samples were compared with the source
 
     @property
     def ok(self) -> bool:
-        return not self.mismatches and self.checked == self.samples
+        return not self.mismatches and (not self.compared or self.checked == self.samples)
 
     def add(self, key: str, name: str, detail: str) -> None:
         self.mismatches.append((key, name, detail))
 
     def lines(self) -> list[str]:
-        out = [f"samples {self.samples:,}, checked {self.checked:,}, "
-               f"mismatches {len(self.mismatches):,}"]  # fmt: skip
+        checked = f"checked {self.checked:,}" if self.compared else "bytes checked"
+        out = [f"samples {self.samples:,}, {checked}, mismatches {len(self.mismatches):,}"]
         out += [f"  {k} {name}: {detail}" for k, name, detail in self.mismatches[:MAX_LISTED]]
         if len(self.mismatches) > MAX_LISTED:
             out.append(f"  ... and {len(self.mismatches) - MAX_LISTED:,} more")
@@ -98,15 +107,22 @@ def check_block(report: Report, beton, batch: pa.RecordBatch, positions: list[in
 
 
 def check_images(report: Report, beton, keys: list[str], images: Path, paths: list[str],
-                 positions: list[int], max_resolution: int | None,
-                 decode: bool) -> None:  # fmt: skip
-    """Stored size = FFCV's resize of the source JPEG's size; optionally decode each one."""
-    from PIL import Image
+                 positions: list[int], options, decode: bool) -> None:  # fmt: skip
+    """Stored size = FFCV's resize of the size the source image's header declares (nothing
+    is decoded, whatever the header says); optionally decode each stored image."""
+    from luab_data.writers.image_check import declared_size, read_image
 
     stored = beton.image_size()
     for key, rel, pos in zip(keys, paths, positions, strict=True):
-        with Image.open(images / rel) as im:
-            want = _resized(np.array(im.size), max_resolution)
+        try:
+            size = declared_size(read_image(images / rel, options.max_pixels))
+        except FileNotFoundError:
+            report.add(key, "image", f"{images / rel} is missing")
+            continue
+        except (OSError, ValueError) as err:
+            report.add(key, "image", f"{images / rel}: {err}")
+            continue
+        want = _resized(np.array(size), options.max_resolution)
         if not np.array_equal(want, stored[pos]):
             report.add(key, "image", f"stored {stored[pos].tolist()}, expected {want.tolist()}")
         if decode:
@@ -131,33 +147,70 @@ def _source_batches(source, shard, quiet: bool, rejected: set) -> Iterator[pa.Re
                        on_rejects=lambda rs: rejected.update(r.key for r in rs))  # fmt: skip
 
 
-def verify_beton(path: str | Path, src: str | Path, *, images: str | Path | None = None,
-                 decode_images: bool = False, quiet: bool = True) -> Report:  # fmt: skip
-    """Check every sample of a .beton against its source; see the module docstring."""
-    from luab_data.loaders.beton_file import BetonFile
-    from luab_data.writers.beton import (
-        BetonOptions,
-        describe_source,
-        label_width,
-        read_manifest,
-        rejects_path,
-    )
+def _manifest(path: Path) -> dict:
+    from luab_data.writers.beton import manifest_path
 
-    path = Path(path)
-    manifest = read_manifest(path)
-    build = {k: v for k, v in manifest["build"].items() if k != "shard"}
-    options = BetonOptions.from_dict(build)
+    where = manifest_path(path)
+    if not where.is_file():
+        raise VerifyError(f"{where} is missing: {path} is not a complete luab-data build")
+    try:
+        manifest = json.loads(where.read_text())
+    except (OSError, ValueError) as err:
+        raise VerifyError(f"{where}: unreadable manifest ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "luab-beton":
+        raise VerifyError(f"{where}: not the manifest of a luab-data .beton")
+    return manifest
+
+
+def check_bytes(path: Path, manifest: dict) -> tuple[Report, Any]:
+    """Size and checksums against the manifest: a report naming the damaged samples, or
+    VerifyError when the header or tables are damaged (nothing in the file can be trusted)."""
+    from luab_data.loaders.beton_file import BetonFile
+    from luab_data.loaders.beton_integrity import check_integrity
+
+    found = check_integrity(path, manifest)
+    if found.fatal:
+        raise VerifyError(found.fatal)
     beton = BetonFile(path)
-    keys = manifest["keys"]
-    report = Report(samples=len(beton))
+    keys = manifest.get("keys") or []
+    report = Report(samples=len(beton), notes=list(found.notes))
     if len(keys) != len(beton):
         report.add("*", "keys", f"manifest lists {len(keys)} keys, file has {len(beton)} samples")
+    for problem in found.problems:
+        report.add("*", "file", problem)
+    for i in found.damaged:
+        name = keys[i] if i < len(keys) else f"sample {i}"
+        report.add(name, "bytes", "stored bytes damaged (CRC-32 differs from the manifest's)")
+    return report, beton
+
+
+def verify_beton(path: str | Path, src: str | Path | None = None, *,
+                 images: str | Path | None = None, decode_images: bool = False,
+                 quiet: bool = True) -> Report:  # fmt: skip
+    """Check the bytes of a .beton, then (with `src`) every sample against its source; see
+    the module docstring. VerifyError (a ValueError) or FileNotFoundError when the file
+    cannot be read at all."""
+    from luab_data.build import resolve_images
+    from luab_data.loaders.beton_integrity import check_path
+    from luab_data.writers.beton import BetonOptions, describe_source, label_width, rejects_path
+
+    path = check_path(path)
+    manifest = _manifest(path)
+    report, beton = check_bytes(path, manifest)
+    if src is None:
+        report.compared = False
+        report.notes.append("records not compared with the source (give --src)")
+        return report
+    build = {k: v for k, v in manifest["build"].items() if k != "shard"}
+    options = BetonOptions.from_dict(build)
+    keys = manifest["keys"]
     positions = {k: i for i, k in enumerate(keys)}
     source = _open_source(src, manifest)
     if describe_source(source) != manifest["source"]:
         report.notes.append("the source differs from the one built (size, mtime or first MiB)")
     n_labels = label_width(manifest["metadata"])
-    images = Path(images) if images else None
+    if images:
+        images = resolve_images(images, manifest["metadata"].get("source_kind"))[0]
     seen, rejected, missing = set(), set(), []
     for batch in _source_batches(source, manifest["build"]["shard"], quiet, rejected):
         all_keys = batch.column("key").to_pylist()
@@ -169,7 +222,7 @@ def verify_beton(path: str | Path, src: str | Path, *, images: str | Path | None
         check_block(report, beton, kept, pos, options, n_labels)
         if images is not None:
             check_images(report, beton, kept.column("key").to_pylist(), images,
-                         kept.column("image").to_pylist(), pos, options.max_resolution,
+                         kept.column("image").to_pylist(), pos, options,
                          decode_images)  # fmt: skip
     listed = _rejected_keys(rejects_path(path))
     for key in missing:
@@ -189,23 +242,32 @@ def _rejected_keys(path: Path) -> set[str]:
 
 
 @click.command("verify")
-@click.argument("beton", type=click.Path(exists=True, dir_okay=False))
-@click.option("--src", required=True, type=click.Path(exists=True),
-              help="The source the file was built from (release, records or Parquet).")
+@click.argument("beton", type=click.Path())
+@click.option("--src", default=None, type=click.Path(exists=True),
+              help="The source the file was built from (release, records or Parquet); "
+              "without it only the file's bytes are checked.")
 @click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Image folder: also check every stored image's size against its JPEG.")
+              help="Image folder (holding train/, or train/ itself): also check every "
+              "stored image's size against its source image's header.")
 @click.option("--decode-images", is_flag=True, help="Also decode every stored image.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def verify(beton, src, images, decode_images, quiet) -> None:
-    """Read back every sample of BETON and compare it with the source records (maps
-    re-rasterised bit-exact, points, traces, labels, sizes, keys). Exit status 1 on any
-    mismatch."""
+    """Check BETON's bytes against its manifest (size, SHA-256 of the file, CRC-32 of each
+    sample: damaged samples are named), then read back every sample and compare it with the
+    source records (maps re-rasterised bit-exact, points, traces, labels, sizes, keys).
+    Exit status 1 on any mismatch or unreadable file, with a one-line error."""
     try:
         report = verify_beton(beton, src, images=images, decode_images=decode_images,
                               quiet=quiet)  # fmt: skip
     except (FileNotFoundError, ValueError) as err:
-        raise click.ClickException(str(err)) from err
+        raise click.ClickException(_one_line(str(err))) from err
+    except Exception as err:  # noqa: BLE001 -- any input: an error line, never a traceback
+        raise click.ClickException(_one_line(f"{type(err).__name__}: {err}")) from err
     click.echo("\n".join(report.lines()))
     if not report.ok:
         raise SystemExit(1)
     click.echo("ok")
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split()) or "unreadable file"

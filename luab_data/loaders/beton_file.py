@@ -2,7 +2,9 @@
 
 FFCV's Loader compiles a pipeline per construction (seconds) and hangs on errors; reading a
 field of one sample needs only the file's metadata table and allocation table. The reference
-loader, `verify`, `show`, the tests and the DALI bridge read samples this way.
+loader, `verify`, `show`, the tests and the DALI bridge read samples this way. Opening checks
+the file's structure and size first (`beton_integrity.check_beton`): a missing, foreign,
+truncated or damaged file is one `FileNotFoundError` or `BetonError` (a ValueError).
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ from typing import Any
 import cv2
 import numpy as np
 from ffcv.fields import IntField, NDArrayField, RGBImageField
-from ffcv.reader import Reader
+
+from luab_data.loaders.beton_integrity import BetonError, check_beton
+
+__all__ = [
+    "JPEG_MODE", "RAW_MODE", "BetonError", "BetonFile", "check_batches", "check_beton",
+    "field_names", "is_beton",
+]  # fmt: skip
 
 JPEG_MODE, RAW_MODE = 0, 1  # FFCV's IMAGE_MODES
 
@@ -22,12 +30,12 @@ class BetonFile:
     """One .beton, memory-mapped. Fields by name; per sample arrays, scalars and images."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        reader = Reader(str(self.path))
-        self.handlers = dict(reader.handlers)
+        layout = check_beton(path)
+        self.path = layout.path
+        self.handlers = dict(layout.handlers)
         self.names = list(self.handlers)
-        self._meta = reader.metadata
-        table = np.sort(reader.alloc_table, order="ptr")
+        self._meta = layout.metadata
+        table = np.sort(layout.alloc_table, order="ptr")
         self._ptrs = table["ptr"].astype(np.int64)
         self._sizes = table["size"].astype(np.int64)
         self._data = np.memmap(self.path, np.uint8, mode="r")
@@ -94,9 +102,35 @@ def field_names(path: str | Path) -> Any:
     the multi-hot `labels`; a build without byproducts has no map or point)."""
     from luab_data.loaders.ffcv_loader import FieldNames
 
-    handlers = Reader(str(path)).handlers
+    handlers = check_beton(path).handlers
     return FieldNames(
         label="labels" if "labels" in handlers else "label",
         map="map" if "map" in handlers else None,
         point="point" if "point" in handlers else None,
     )
+
+
+def is_beton(path: str | Path) -> bool:
+    """A .beton by name, or an existing file that starts like one (FFCV format version 2)."""
+    path = Path(path)
+    if path.suffix == ".beton":
+        return True
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x02\x00"
+
+
+def check_batches(n_batches: int, samples: int, batch_size: int, drop_last: bool) -> None:
+    """A loader that would yield no batch at all is an error, not a silent empty epoch."""
+    if n_batches > 0:
+        return
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if samples == 0:
+        raise ValueError("no samples to load (an empty file or an empty list of indices)")
+    if drop_last:
+        raise ValueError(f"batch_size {batch_size:,} exceeds the {samples:,} samples: in "
+                         "training mode (drop_last) no batch would come out; lower batch_size "
+                         "or pass drop_last=False")  # fmt: skip
+    raise ValueError(f"no batch of {batch_size:,} from {samples:,} samples")

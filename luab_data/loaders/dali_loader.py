@@ -51,7 +51,7 @@ from nvidia.dali import fn, pipeline_def, types
 from torch.utils.data import DistributedSampler
 
 from luab_data import geometry as geo
-from luab_data.loaders.beton_file import field_names
+from luab_data.loaders.beton_file import check_batches, field_names
 from luab_data.loaders.beton_reader import RAW_MODE, BatchBetonFile, ImageTable
 from luab_data.loaders.ffcv_loader import IMAGENET_MEAN, IMAGENET_STD, Batch, FieldNames
 
@@ -363,6 +363,7 @@ class DaliLoader:
         self.drop_last = rule.train if drop_last is None else bool(drop_last)
         n = self.beton.num_samples
         self.indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices)
+        check_batches(len(self), len(self.indices), self.batch_size, self.drop_last)
         self.device = None if device_id is None else torch.device("cuda", device_id)
         self.source = BetonBatchSource(self.beton, rule, names)
         self._squeeze_points = self.source.has_points and (

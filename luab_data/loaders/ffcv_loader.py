@@ -27,6 +27,7 @@ from ffcv.reader import Reader
 from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
 from luab_data import geometry as geo
+from luab_data.loaders.beton_file import check_batches, check_beton
 from luab_data.loaders.ffcv_ops import (
     CoupledCropDecoder,
     CropBoxDecoder,
@@ -153,6 +154,7 @@ class CoupledLoader:
         image_dtype: torch.dtype = torch.float32,
         names: FieldNames = FieldNames(),
     ) -> None:
+        check_beton(path)  # one clear error for a missing, foreign, cut or damaged file
         reader = Reader(str(path))
         self.names = names
         self.plan = CropPlan.from_reader(
@@ -172,6 +174,8 @@ class CoupledLoader:
             distributed=distributed, seed=seed, indices=indices, pipelines=pipelines,
             drop_last=train if drop_last is None else drop_last, batches_ahead=batches_ahead,
         )  # fmt: skip
+        samples = len(indices) if indices is not None else int(reader.num_samples)
+        check_batches(len(self.loader), samples, batch_size, self.loader.drop_last)
         self._outputs = list(self.loader.pipeline_specs)  # FFCV yields outputs in this order
         self._live: threading.Thread | None = None
 

@@ -23,7 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from luab_data import geometry as geo
-from luab_data.loaders.beton_file import BetonFile
+from luab_data.loaders.beton_file import BetonFile, check_batches, is_beton
+from luab_data.loaders.beton_integrity import check_path
 from luab_data.loaders.ffcv_loader import IMAGENET_MEAN, IMAGENET_STD, Batch, FieldNames
 
 
@@ -173,6 +174,22 @@ def collate(samples: list[dict[str, Any]], squeeze_points: bool = False) -> dict
 # ---------------------------------------------------------------- the loader
 
 
+def _open_samples(src: str | Path, names: FieldNames, images: str | Path | None,
+                  options: Any) -> BetonSamples | RecordSamples:  # fmt: skip
+    """A .beton (by name or content), else records/Parquet; one clear ValueError or
+    FileNotFoundError for anything else."""
+    from luab_data.sources import SourceError
+
+    if not Path(src).is_dir():
+        check_path(src)
+    if is_beton(src):
+        return BetonSamples(src, names)
+    try:
+        return RecordSamples(src, images, options)
+    except SourceError as err:
+        raise ValueError(f"{src}: neither a .beton nor records or Parquet ({err})") from None
+
+
 class ReferenceLoader:
     """torch DataLoader over a ReferenceDataset that yields the batch contract.
 
@@ -209,10 +226,7 @@ class ReferenceLoader:
         options: Any = None,
         **ignored: Any,  # FFCV-only settings of a recipe (os_cache, batches_ahead, ...)
     ) -> None:
-        if str(src).endswith(".beton"):
-            samples: BetonSamples | RecordSamples = BetonSamples(src, names)
-        else:
-            samples = RecordSamples(src, images, options)
+        samples = _open_samples(src, names, images, options)
         augment = Augment(train, _pair(image_size), _pair(map_size), seed, tuple(scale),
                           tuple(ratio), flip_p, center_ratio)  # fmt: skip
         self.dataset = ReferenceDataset(samples, augment)
@@ -220,6 +234,7 @@ class ReferenceLoader:
         self.order = order or ("random" if train else "sequential")
         self.indices = np.arange(len(samples)) if indices is None else np.asarray(indices)
         self.drop_last = train if drop_last is None else drop_last
+        check_batches(len(self), len(self.indices), batch_size, self.drop_last)
         self.distributed = distributed
         self.device = None if device is None else torch.device(device)
         point_shape = samples.points(0).shape if samples.has_point else None

@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, fields, replace
 from multiprocessing import RawArray
@@ -40,11 +40,18 @@ import numpy as np
 import pyarrow as pa
 
 from luab_data import __version__
-from luab_data.build import StrictError, Summary, iterate
+from luab_data.build import NothingKept, StrictError, Summary, iterate
 from luab_data.records import COCO_AB, Reject
 from luab_data.records.schema import FORMAT_VERSION
 from luab_data.sources import Source
 from luab_data.writers.atomic import write_json_atomic
+from luab_data.writers.image_check import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_SIZE_TOLERANCE,
+    ImageProblem,
+    check_image,
+    read_image,
+)
 from luab_data.writers.parquet import shard_tag
 from luab_data.writers.watchdog import child_watchdog
 
@@ -52,7 +59,7 @@ BETON_FORMAT = 1  # version of the field layout described above
 IMAGE, LABEL, LABELS, MAP, POINT, TRACE, SIZE, INDEX = (
     "image", "label", "labels", "map", "point", "trace", "size", "index",
 )  # fmt: skip
-BAD_IMAGE = "bad-image"  # reject reason: the JPEG could not be decoded
+BAD_IMAGE = "bad-image"  # reject reason: unreadable, undecodable, too large or not the record's
 _FAILED_IMAGE, _FAILED_OTHER = 1, 2
 _SPILL_COLUMNS = (
     "key", "image", "label", "labels", "width", "height", "point_x", "point_y",
@@ -76,6 +83,8 @@ class BetonOptions:
     byproducts: bool = True
     chunk_size: int = 100  # samples per writer task; maps are rasterised a chunk at a time
     page_size: int = 8 << 20  # FFCV's default; a page must hold the largest sample
+    max_pixels: int = DEFAULT_MAX_PIXELS  # images declaring more are rejected undecoded
+    size_tolerance: float = DEFAULT_SIZE_TOLERANCE  # declared vs record size, per side
 
     def __post_init__(self) -> None:
         from luab_data.raster import RasterConfig
@@ -88,6 +97,8 @@ class BetonOptions:
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         if self.raster.dtype != "uint8":
             raise ValueError("maps are stored as uint8 (FFCV hangs on float16; float32 is 4x)")
+        if self.max_pixels < 1 or self.size_tolerance < 0:
+            raise ValueError("max_pixels must be positive and size_tolerance not negative")
 
     def as_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -196,7 +207,7 @@ class Block:
     maps: np.ndarray | None = None
     points: np.ndarray | None = None
     traces: np.ndarray | None = None
-    sizes: np.ndarray | None = None
+    sizes: np.ndarray | None = None  # (N, 2) int32 record (width, height)
 
 
 def block_arrays(table: pa.Table, start: int, options: BetonOptions, n_labels: int) -> Block:
@@ -204,7 +215,9 @@ def block_arrays(table: pa.Table, start: int, options: BetonOptions, n_labels: i
     from luab_data.raster import fixed_arrays, rasterise_batch
 
     images = table.column("jpeg" if "jpeg" in table.column_names else "image").to_pylist()
-    block = Block(start, _labels(table, n_labels), images)
+    sizes = [table.column(c).to_numpy(zero_copy_only=False) for c in ("width", "height")]
+    block = Block(start, _labels(table, n_labels), images,
+                  sizes=np.ascontiguousarray(np.stack(sizes, axis=1), np.int32))  # fmt: skip
     if not options.byproducts:
         return block
     cfg = options.raster
@@ -213,8 +226,6 @@ def block_arrays(table: pa.Table, start: int, options: BetonOptions, n_labels: i
     fixed = fixed_arrays(table, point_cfg, options.trace_points)
     block.points = np.ascontiguousarray(fixed["class_points" if n_labels else "point"], np.float32)
     block.traces = np.ascontiguousarray(fixed["trace"], np.float32)
-    sizes = [table.column(c).to_numpy(zero_copy_only=False) for c in ("width", "height")]
-    block.sizes = np.ascontiguousarray(np.stack(sizes, axis=1), np.int32)
     return block
 
 
@@ -233,8 +244,8 @@ def decode_rgb(data: bytes | np.ndarray) -> np.ndarray:
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if bgr is None:
-        raise ValueError("undecodable image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        raise ImageProblem("the image does not decode")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: one image-sized buffer
 
 
 def proportion_jpeg(index: int, p: float) -> bool:
@@ -296,7 +307,7 @@ class PackSamples:
         r = index - block.start
         self._set_mode(index)
         try:
-            image = decode_rgb(self._image_bytes(block.images[r]))
+            image = self.image(block.images[r], block.sizes[r])
         except (OSError, ValueError, cv2.error):
             self.failures[index] = _FAILED_IMAGE
             image = np.zeros((8, 8, 3), np.uint8)
@@ -315,12 +326,43 @@ class PackSamples:
         values.setdefault(LABEL, 0)
         return tuple(values[name] for name in self.fields)
 
-    def _image_bytes(self, ref: str | bytes) -> bytes:
+    def image(self, ref: str | bytes, record_size: np.ndarray) -> np.ndarray:
+        """The RGB pixels of an image whose header passed the checks (pixel limit, record's
+        size) before it was decoded: memory stays bounded whatever a file declares."""
+        opts = self.options
+        data = self._image_bytes(ref)
+        check_image(data, (int(record_size[0]), int(record_size[1])), opts.max_pixels,
+                    opts.size_tolerance)  # fmt: skip
+        return decode_rgb(data)
+
+    def image_problem(self, index: int) -> Reject:
+        """The reject of a sample flagged bad-image by a writer process, found again here
+        from the spill's row alone (no maps are rasterised in this process)."""
+        table = pa.ipc.open_file(pa.memory_map(str(self.spill))).read_all()
+        row = table.slice(index, 1).to_pylist()[0]
+        carried = "jpeg" in row  # the records carry the JPEG bytes (Parquet --with-images)
+        ref = row["jpeg"] if carried else row["image"]
+        if carried:
+            where = f"{row['image']} (JPEG bytes carried by the record)"
+        else:
+            where = str(self.images / ref) if self.images is not None else ref
+        try:
+            self.image(ref, np.array([row["width"], row["height"]]))
+            detail = "the image failed in a writer process (it reads here)"
+        except FileNotFoundError:
+            detail = "the image file is missing"
+        except (OSError, ValueError, cv2.error) as err:
+            detail = str(err) or type(err).__name__
+        return Reject(row["key"], BAD_IMAGE, detail, where)
+
+    def _image_bytes(self, ref: str | bytes | None) -> bytes:
         if isinstance(ref, bytes):
             return ref
+        if ref is None:
+            raise OSError("the record carries no JPEG bytes")
         if self.images is None:
             raise OSError("no image folder")
-        return (self.images / ref).read_bytes()
+        return read_image(self.images / ref, self.options.max_pixels)
 
     def _set_mode(self, index: int) -> None:
         """Per-sample JPEG/raw choice of 'proportion' mode, made here deterministically; the
@@ -426,8 +468,9 @@ def default_workers() -> int:
 
 def pack(spill: Spill, tmp: Path, options: BetonOptions, n_labels: int, images: Path | None,
          workers: int, strict: bool, show_progress: bool) -> np.ndarray:  # fmt: skip
-    """Write the .beton from the spill; returns the kept record indices. Records whose image
-    does not decode are rejected (or stop the build when strict) and the file rewritten."""
+    """Write the .beton from the spill; returns the kept record indices (possibly none).
+    Records whose image is refused are rejected (or stop the build when strict) and the file
+    rewritten without them."""
     keep = np.arange(spill.rows)
     fields_ = make_fields(options, n_labels)
     while True:
@@ -440,12 +483,13 @@ def pack(spill: Spill, tmp: Path, options: BetonOptions, n_labels: int, images: 
         bad = np.flatnonzero(flags == _FAILED_IMAGE)
         if not len(bad):
             return keep
-        rejects = [Reject(spill.keys[i], BAD_IMAGE, "the image does not decode", str(i))
-                   for i in bad]  # fmt: skip
+        rejects = [dataset.image_problem(int(i)) for i in bad]
         if strict:
             raise StrictError(rejects[0])
         spill.rejects += rejects
         keep = np.setdiff1d(keep, bad)
+        if not len(keep):
+            return keep
 
 
 # ---------------------------------------------------------------- the whole build
@@ -462,11 +506,14 @@ def build_beton(
     overwrite: bool = False,
     workers: int | None = None,
     show_progress: bool = True,
+    notes: Sequence[str] = (),
 ) -> Summary:
     """Pack shard `shard` of a source into `out` (a .beton; shards get `-<i>-of-<n>`).
 
     JPEGs come from the records' `jpeg` column if they have one, else from `images` (default:
-    the source's own `--images` folder) joined with each record's `image` path.
+    the source's own `--images` folder) joined with each record's `image` path. `notes` go
+    into the summary (e.g. the image layout found). A shard where no record is kept raises
+    NothingKept, after writing its rejects file.
     """
     final = beton_path(out, shard)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -476,20 +523,24 @@ def build_beton(
     metadata = {**source.metadata(), "format_version": FORMAT_VERSION, "luab_data": __version__,
                 "shard": list(shard)}  # fmt: skip
     n_labels = label_width(metadata)
-    summary, start = Summary(), time.perf_counter()
+    summary, start = Summary(notes=list(notes)), time.perf_counter()
     try:
         spill = spill_records(source, spill_file, shard, images=images, strict=strict,
                               show_progress=show_progress, summary=summary)  # fmt: skip
-        if spill.rows == 0:
-            raise ValueError(f"no records to pack in shard {shard[0]}/{shard[1]}")
-        if images is None and "jpeg" not in pa.ipc.open_file(str(spill_file)).schema.names:
+        if spill.rows and images is None and "jpeg" not in pa.ipc.open_file(
+                str(spill_file)).schema.names:  # fmt: skip
             raise ValueError("the records carry no JPEG bytes: give the image folder (--images)")
-        keep = pack(spill, tmp, options, n_labels, images, workers or default_workers(), strict,
-                    show_progress)  # fmt: skip
+        keep = np.arange(0)
+        if spill.rows:
+            keep = pack(spill, tmp, options, n_labels, images, workers or default_workers(),
+                        strict, show_progress)  # fmt: skip
         summary.records = len(keep)
         if n_bad := spill.rows - len(keep):
             summary.rejects[BAD_IMAGE] += n_bad
         summary.seconds = time.perf_counter() - start
+        if not len(keep):
+            _write_rejects(final, spill)
+            raise NothingKept(summary, spill.rejects, rejects_path(final), shard, images)
         manifest = _manifest(final, tmp, spill, keep, source, metadata, options, images, summary)
         _commit(final, tmp, spill, manifest)
     finally:
@@ -508,11 +559,15 @@ def _clear_previous(final: Path, overwrite: bool) -> None:
     done.unlink(missing_ok=True)
 
 
-def _commit(final: Path, tmp: Path, spill: Spill, manifest: dict) -> None:
+def _write_rejects(final: Path, spill: Spill) -> None:
     rejects = rejects_path(final)
     with open(rejects.with_name(rejects.name + ".tmp"), "w") as f:
         f.writelines(json.dumps(r.as_dict()) + "\n" for r in spill.rejects)
     os.replace(rejects.with_name(rejects.name + ".tmp"), rejects)
+
+
+def _commit(final: Path, tmp: Path, spill: Spill, manifest: dict) -> None:
+    _write_rejects(final, spill)
     os.replace(tmp, final)
     write_json_atomic(manifest_path(final), manifest)
 
@@ -521,6 +576,7 @@ def _manifest(final: Path, tmp: Path, spill: Spill, keep: np.ndarray, source: So
               metadata: dict, options: BetonOptions, images: Path | None,
               summary: Summary) -> dict:  # fmt: skip
     from luab_data.loaders.beton_file import JPEG_MODE, BetonFile
+    from luab_data.loaders.beton_integrity import file_checksums
 
     n_labels = label_width(metadata)
     fields_ = make_fields(options, n_labels)
@@ -534,6 +590,7 @@ def _manifest(final: Path, tmp: Path, spill: Spill, keep: np.ndarray, source: So
         "beton_format": BETON_FORMAT,
         "file": final.name,
         "bytes": tmp.stat().st_size,
+        "checksums": file_checksums(tmp),
         "fields": describe_fields(fields_, options, metadata.get("classes", [])),
         "build": {**options.as_dict(), "shard": metadata["shard"]},
         "metadata": metadata,

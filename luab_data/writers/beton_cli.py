@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from luab_data.build import Summary
+from luab_data.build import Summary, resolve_images
 from luab_data.recipes import beton_options, load_recipe
 from luab_data.sources import detect_kind, open_source, read_class_file
 from luab_data.sources.interchange import RECORDS
@@ -65,6 +65,12 @@ _OPTIONS = [
                  help=".beton, COCO-AB: one click map per class instead of one for all."),
     click.option("--no-byproducts", is_flag=True,
                  help=".beton: images and labels only (FFCV's plain recipe, for comparison)."),
+    click.option("--max-pixels", type=click.IntRange(1), default=None,
+                 help=".beton: images whose header declares more pixels are rejected "
+                 "(bad-image) without being decoded  [default: 100000000]"),
+    click.option("--size-tolerance", type=click.FloatRange(0), default=None,
+                 help=".beton: images whose declared width or height differs from the "
+                 "record's by more than this share (+2 px) are rejected  [default: 0.05]"),
 ]  # fmt: skip
 
 
@@ -90,7 +96,7 @@ def merged_build(recipe: dict, given: dict[str, Any]) -> dict[str, Any]:
     if given.get("no_byproducts"):
         build["byproducts"] = False
     for key in ("map_size", "jpeg_quality", "write_mode", "compress_probability",
-                "trace_points", "per_class_maps"):  # fmt: skip
+                "trace_points", "per_class_maps", "max_pixels", "size_tolerance"):  # fmt: skip
         if given.get(key) is not None:
             build[key] = given[key]
     return build
@@ -99,17 +105,23 @@ def merged_build(recipe: dict, given: dict[str, Any]) -> dict[str, Any]:
 def run_beton_build(src, kind, classes_file, coco_policy, images, out, shard, strict, overwrite,
                     workers, quiet, recipe: dict, given: dict) -> Summary:  # fmt: skip
     """Open the source and pack it. Official releases check the images themselves (missing
-    ones are rejected while reading); records and Parquet get the folder at packing time."""
+    ones are rejected while reading); records and Parquet get the folder at packing time.
+    `images` may be the folder holding train/ (train2014/) or that folder itself."""
     if not str(out).endswith(".beton"):
         raise ValueError(f"--out {out}: a .beton output needs a file name ending in .beton")
     if given.get("with_images"):
         raise ValueError("--with-images is for Parquet: a .beton always holds the images")
     kind = kind or detect_kind(Path(src))
     own_images = kind not in (RECORDS, PARQUET)
+    notes: list[str] = []
+    if images:
+        images, note = resolve_images(images, kind)
+        notes.append(note)
     classes = read_class_file(classes_file) if classes_file else None
     source = open_source(src, kind, classes=classes, coco_policy=coco_policy, workers=workers,
                          images=images if own_images else None)  # fmt: skip
     options = beton_options(merged_build(recipe, given), label_width(source.metadata()))
     return build_beton(source, Path(out), parse_shard(shard), options=options,
                        images=Path(images) if images else None, strict=strict,
-                       overwrite=overwrite, workers=workers, show_progress=not quiet)  # fmt: skip
+                       overwrite=overwrite, workers=workers, show_progress=not quiet,
+                       notes=notes)  # fmt: skip
