@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 from luab_data.records import COCO_AB, IMAGENET_AB
@@ -28,7 +29,7 @@ def detect_kind(path: Path) -> str:
             try:
                 with gzip.open(path) as gz:
                     head = gz.read(1024)
-            except (OSError, EOFError) as err:
+            except (OSError, EOFError, zlib.error) as err:
                 raise SourceError(f"{path}: gzip file cannot be read: {err}") from err
         if _is_tar(head):
             return IMAGENET_AB

@@ -96,6 +96,7 @@ class _Decompressed:
         self.file.seek(0)
         self.zlib = zlib.decompressobj(16 + zlib.MAX_WBITS) if head == b"\x1f\x8b" else None
         self.consumed = 0  # compressed bytes read
+        self.produced = 0  # decompressed bytes handed out
 
     def read(self) -> bytes:
         """The next piece; b'' at the end. Raises SourceError on a cut or corrupt stream."""
@@ -115,7 +116,10 @@ class _Decompressed:
                     self.zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
                     out += self.zlib.decompress(rest)
             except zlib.error as err:
-                raise SourceError(f"corrupt gzip data: {err}") from err
+                raise SourceError(f"corrupt gzip data after {self.produced} bytes of tar stream "
+                                  f"(compressed bytes {self.consumed - len(raw)}..{self.consumed})"
+                                  f": {err}") from err  # fmt: skip
+            self.produced += len(out)
             if out:
                 return out
 

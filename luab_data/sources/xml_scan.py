@@ -462,6 +462,8 @@ def _scan_doc(
             obj_box[state[3], :] = np.nan
             obj_pos[state[3]] = i
             state[3] += 1
+        elif tag == T_BNDBOX and state[3] > 0:
+            obj_pos[state[3] - 1] = i  # box errors quote the corners
         self_closing = buf[gt - 1] == 47
         if not self_closing:
             stack_h[depth] = ns << 16 | (ne - ns)  # where the name is, to match the close
