@@ -190,3 +190,28 @@ def test_interchange_rows_are_validated(tmp_path):
             ("?r.jsonl[5]", "malformed-json"),
         ]
     )
+
+
+@pytest.mark.parametrize("kind", ["imagenet-ab", "coco-ab"])
+def test_planted_bad_fields_cover_out_of_range_values(kind, tmp_path):
+    """The sample's planted bad fields include values outside the record columns' integer
+    types and negative ones; each is rejected alone, its detail naming the field and value."""
+    from luab_data.sample import SampleSpec, generate_sample
+    from luab_data.sample import corrupt as plant
+    from luab_data.sample.classes import WNIDS
+
+    spec = SampleSpec(kind=kind, size=300, heldout=50, corrupt=0.9, seed=3, images=False)
+    generate_sample(tmp_path, spec)
+    if kind == "imagenet-ab":
+        table, rejects = read_records(tmp_path / "imagenet_ab_v1_0.tar.gz", classes=sorted(WNIDS))
+    else:
+        table, rejects = read_records(tmp_path / "coco_ab_v1_0.json")
+    planted = [json.loads(line) for line in (tmp_path / "planted.jsonl").read_text().splitlines()]
+    bad_field = {p["where"] for p in planted if p["reason"] == "bad-field"}
+    details = [r.detail for r in rejects if r.where in bad_field]
+    assert len(details) == len(bad_field)
+    variants = plant.XML_BAD_FIELDS if kind == "imagenet-ab" else plant.COCO_BAD_FIELDS
+    for name, value in variants:
+        shown = '"' if value == "text" else str(value)  # "text": the number as a JSON string
+        assert any(name in d and shown in d for d in details), (name, value, details)
+    assert table.num_rows > 0

@@ -72,5 +72,20 @@ def test_corrupt_header_raises(tmp_path):
     data = bytearray(path.read_bytes())
     data[100] ^= 0xFF  # inside the first header: its checksum no longer matches
     path.write_bytes(bytes(data))
-    with pytest.raises(SourceError, match="checksum"):
+    with pytest.raises(SourceError, match=r"tar header at byte 0 .*train_xml/.*checksum"):
         list(iter_blocks(path))
+
+
+def test_links_and_devices_are_listed_without_data(tmp_path):
+    path = tmp_path / "a.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, kind in (("a.xml", tarfile.REGTYPE), ("l.xml", tarfile.SYMTYPE),
+                           ("h.xml", tarfile.LNKTYPE), ("c", tarfile.CHRTYPE)):  # fmt: skip
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, "a.xml" if kind != tarfile.REGTYPE else ""
+            info.size = 3 if kind == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(b"abc") if kind == tarfile.REGTYPE else None)
+    (block,) = list(iter_blocks(path))
+    assert block.names == ["a.xml", "l.xml", "h.xml", "c"]
+    assert block.kinds.tolist() == [tar_stream.REGULAR] + [tar_stream.SPECIAL] * 3
+    assert (block.ends - block.starts).tolist() == [3, 0, 0, 0]

@@ -40,6 +40,22 @@ COCO_REASONS = (
 UNKNOWN_WNID = "n00000001"  # well-formed but not one of the sample's (or ImageNet's) classes
 UNKNOWN_ICON = "unicorn"
 ABSURD = 1.0e6  # a coordinate no pointer can produce (readers accept -1..2)
+# Bad fields, cycled per record: unparsable text, and numbers outside what the record column
+# holds (int32 sizes and durations, int16 pages) or below zero (a negative duration or size).
+XML_BAD_FIELDS = (
+    ("originalImageHeight", "tall"),
+    ("originalImageHeight", 3_000_000_000),
+    ("page_idx", 70_000),
+    ("estimateTime", -5000),
+    ("hoveredCount", 3_000_000_000),
+)
+COCO_BAD_FIELDS = (
+    ("originalImageWidth", "text"),  # a number as a JSON string: unusable
+    ("originalImageWidth", 3_000_000_000),
+    ("page_id", 70_000),
+    ("timeSpent", -5000),
+    ("originalImageHeight", -480),
+)
 
 
 def plan(n: int, fraction: float, reasons: tuple[str, ...], rng) -> dict[int, str]:
@@ -93,8 +109,9 @@ def spoil_xml_record(rec: XmlRecord, reason: str, serial: int) -> tuple[XmlRecor
             for obj in rec.box_part["object"]:
                 obj["name"] = rec.wnid
         return rec, reason
+    name, value = XML_BAD_FIELDS[serial % len(XML_BAD_FIELDS)]
     for b in blocks:  # BAD_FIELD, and the fallback of the reasons above
-        b["originalImageHeight"] = "tall"
+        b[name] = value
     return rec, BAD_FIELD
 
 
@@ -125,7 +142,8 @@ def spoil_coco_record(rec: dict, reason: str) -> tuple[dict, str]:
     if reason == ZERO_SIZE:
         rec["originalImageWidth"] = rec["originalImageHeight"] = 0
         return rec, reason
-    rec["originalImageWidth"] = str(rec["originalImageWidth"])  # a number as text: unusable
+    name, value = COCO_BAD_FIELDS[int(rec["image_id"]) % len(COCO_BAD_FIELDS)]
+    rec[name] = str(rec[name]) if value == "text" else value
     return rec, BAD_FIELD
 
 
