@@ -257,6 +257,7 @@ def test_coco_missing_image_id_is_rejected_every_time(tmp_path):
     ("ann_page", [70000], "bad-field"), ("ann_duration_ms", [-5000], "bad-field"),
     ("ann_hover_count", ["x"], "bad-field"), ("trace_t", ["soon", 3], "bad-field"),
     ("label", 2**40, "bad-field"), ("key", 17, "bad-field"),
+    ("image", "../../secret.jpg", "unsafe-path"), ("image", "/etc/passwd", "unsafe-path"),
 ])  # fmt: skip
 def test_interchange_values_out_of_range(tmp_path, column, value, reason):
     from luab_data.sources.interchange import header
@@ -273,6 +274,23 @@ def test_interchange_values_out_of_range(tmp_path, column, value, reason):
     assert kept.column("key").to_pylist() == ["9", "25"]
     assert [(r.reason, r.where) for r in rejects] == [(reason, "r.jsonl[2]")]
     assert column in rejects[0].detail
+
+
+def test_parquet_rows_with_unsafe_image_paths_are_rejected(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table, _ = read_records(write_json(tmp_path / "c.json", coco_records()[:2]))
+    images = table.column("image").to_pylist()
+    images[0] = "train2014/../../../etc/passwd"
+    table = table.set_column(table.schema.get_field_index("image"), "image",
+                             pa.array(images, pa.string()))  # fmt: skip
+    (tmp_path / "out").mkdir()
+    pq.write_table(table, tmp_path / "out" / "part-0.parquet")
+    kept, rejects = read_records(tmp_path / "out")
+    assert kept.column("key").to_pylist() == ["25"]
+    assert [(r.key, r.reason, r.where) for r in rejects] == [
+        ("9", "unsafe-path", "part-0.parquet")]
 
 
 # ---------------------------------------------------------------- unsafe names

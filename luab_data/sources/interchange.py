@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,8 @@ def check_row(row: dict) -> None:
     if not isinstance(row["key"], str) or not row["key"]:
         raise RejectError(v.BAD_FIELD, f"key = {row['key']!r} is not a non-empty string")
     _check_integers(row)
+    if not isinstance(row["image"], str) or re.search(v.UNSAFE_RELATIVE, row["image"]):
+        raise RejectError(v.UNSAFE_PATH, f"image = {row['image']!r} could leave --images")
     if not row["width"] or not row["height"]:
         raise RejectError(v.ZERO_SIZE, f"size {row['width']}x{row['height']}")
     for head, rest in _GROUPS.items():

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from luab_data.records import read_metadata
+from luab_data.records import Reject, read_metadata
+from luab_data.sources import validation as v
 from luab_data.sources.errors import SourceError
 from luab_data.sources.progress import Progress
 from luab_data.sources.sharding import in_shard
@@ -43,5 +45,16 @@ class ParquetSource:
                 if shard[1] > 1:
                     mask = [in_shard(k, shard) for k in batch.column("key").to_pylist()]
                     batch = batch.filter(pa.array(mask))
-                yield batch, []
+                yield _safe_images(batch, file.name)
             self.progress.done += 1
+
+
+def _safe_images(batch: pa.RecordBatch, name: str) -> tuple[pa.RecordBatch, list[Reject]]:
+    """Rows whose image path could leave --images (an edited file) become unsafe-path rejects."""
+    bad = pc.match_substring_regex(batch.column("image"), v.UNSAFE_RELATIVE)
+    if not pc.any(bad).as_py():
+        return batch, []
+    rows = batch.filter(bad).select(["key", "image"]).to_pylist()
+    rejects = [Reject(r["key"], v.UNSAFE_PATH, f"image = {r['image']!r} could leave --images",
+                      name) for r in rows]  # fmt: skip
+    return batch.filter(pc.invert(bad)), rejects

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -66,13 +67,15 @@ def range_detail(field: str, value: object, column: str | pa.DataType, minimum=N
     return f"{field} = {value} is out of range {low}..{high} (stored as {target})"
 
 
+# An image path that could leave the images folder: absolute, a '.' or '..' component, an empty
+# component, a backslash or a NUL (Python re and Arrow's RE2 read it alike).
+UNSAFE_RELATIVE = r"^/|^[A-Za-z]:|(^|/)\.\.?(/|$)|//|\\|\x00|^$"
+
+
 def image_file(images: Path, relative: str) -> Path:
     """images / relative, for a relative path built from validated names (an ImageNet wnid and
     stem, or an integer COCO id); refuses, as a second line of defence, anything that could
-    leave the folder (absolute, '..', backslash, NUL)."""
-    parts = relative.split("/")
-    if relative.startswith("/") or any(p in ("", ".", "..") for p in parts) or (
-        "\\" in relative or "\0" in relative
-    ):
+    leave the folder."""
+    if re.search(UNSAFE_RELATIVE, relative):
         raise RejectError(UNSAFE_PATH, f"image path {relative!r} would leave {images}")
     return images / relative
