@@ -16,7 +16,6 @@ pytest.importorskip("nvidia.dali")
 pytest.importorskip("ffcv")
 
 from ffcv.fields import IntField, RGBImageField  # noqa: E402
-from ffcv.writer import DatasetWriter  # noqa: E402
 
 from luab_data import geometry as geo  # noqa: E402
 from luab_data.loaders.alignment import (  # noqa: E402
@@ -41,6 +40,7 @@ from luab_data.loaders.ffcv_loader import (  # noqa: E402
     CoupledLoader,
     FieldNames,
 )
+from luab_data.writers.ffcv_workers import write_indexed  # noqa: E402
 
 N_SAMPLES = 128
 ABSENT_EVERY = 9
@@ -260,7 +260,7 @@ def test_plain_file_without_byproducts(tmp_path):
     samples = [marked_sample(i) for i in range(20)]
     fields = {"image": RGBImageField(write_mode="jpg"), "label": IntField(), "index": IntField()}
     rows = [(s.image, s.label, i) for i, s in enumerate(samples)]
-    DatasetWriter(str(path), fields, num_workers=1).from_indexed_dataset(rows)
+    write_indexed(str(path), fields, rows, range(len(rows)), workers=1)
     loader = make_dali_loader(path, 8, train=False, image_size=32, **CPU)
     batches = list(loader)
     assert [len(b.indices) for b in batches] == [8, 8, 4] and len(loader) == 3

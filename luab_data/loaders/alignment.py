@@ -114,6 +114,9 @@ class _Rows:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple:
+        # FFCV's 'proportion' mode draws raw vs JPEG from NumPy's global generator right after
+        # this call: seeding it per sample makes the choice the same in any writer process.
+        np.random.seed(i)
         s = self.samples[i]
         row = (s.image, s.label, s.amap, s.point)
         return (*row, many_points(s)) if self.with_many else row
@@ -125,10 +128,10 @@ def write_marked_beton(
     """A small .beton of marked samples, half JPEG and half raw, with fields image, label,
     map (uint8 (2, *map_shape)), point ((2,) float32) and, if asked, points ((3, 2))."""
     from ffcv.fields import IntField, NDArrayField, RGBImageField
-    from ffcv.writer import DatasetWriter
+
+    from luab_data.writers.ffcv_workers import write_indexed
 
     samples = [marked_sample(i, map_shape, absent_every=absent_every) for i in range(n)]
-    np.random.seed(0)  # FFCV's 'proportion' mode draws raw vs JPEG from NumPy's generator
     fields = {
         "image": RGBImageField(write_mode="proportion", compress_probability=0.5, jpeg_quality=95),
         "label": IntField(),
@@ -137,7 +140,7 @@ def write_marked_beton(
     }
     if with_many:
         fields["points"] = NDArrayField(np.dtype("float32"), (3, 2))
-    DatasetWriter(str(path), fields, num_workers=1).from_indexed_dataset(_Rows(samples, with_many))
+    write_indexed(str(path), fields, _Rows(samples, with_many), range(n), workers=1)
     return samples
 
 
