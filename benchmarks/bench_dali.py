@@ -74,7 +74,8 @@ class _Synthetic:
 
 def write_synthetic(path: Path, n: int, size_range: tuple[int, int], workers: int) -> None:
     from ffcv.fields import IntField, NDArrayField, RGBImageField
-    from ffcv.writer import DatasetWriter
+
+    from luab_data.writers.ffcv_workers import plain_ffcv_write
 
     fields = {
         "image": RGBImageField(write_mode="jpg", jpeg_quality=90),
@@ -82,9 +83,7 @@ def write_synthetic(path: Path, n: int, size_range: tuple[int, int], workers: in
         "map": NDArrayField(np.dtype("uint8"), (2, 64, 64)),
         "point": NDArrayField(np.dtype("float32"), (2,)),
     }
-    DatasetWriter(str(path), fields, num_workers=workers).from_indexed_dataset(
-        _Synthetic(n, size_range)
-    )
+    plain_ffcv_write(str(path), fields, _Synthetic(n, size_range), workers)
 
 
 # ---------------------------------------------------------------- loaders and timing

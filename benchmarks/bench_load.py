@@ -105,16 +105,14 @@ class _Folder:
 
 def _plain_write(sample: Path, out: Path, workers: int) -> float:
     from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
 
-    from luab_data.writers.beton import _ffcv_progress
+    from luab_data.writers.ffcv_workers import plain_ffcv_write
 
     fields = {"image": RGBImageField(write_mode="proportion", max_resolution=500,
                                      compress_probability=0.5, jpeg_quality=90),
               "label": IntField()}  # fmt: skip
     start = time.perf_counter()
-    with _ffcv_progress(False, ""):
-        DatasetWriter(str(out), fields, num_workers=workers).from_indexed_dataset(_Folder(sample))
+    plain_ffcv_write(str(out), fields, _Folder(sample), workers)
     return time.perf_counter() - start
 
 

@@ -21,9 +21,9 @@ from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
-from ffcv.writer import DatasetWriter
 
 from luab_data.loaders.ffcv_loader import CoupledLoader, FieldNames
+from luab_data.writers.ffcv_workers import plain_ffcv_write
 
 
 class _Synthetic:
@@ -57,7 +57,7 @@ def write(path: Path, n: int, workers: int) -> None:
         "map": NDArrayField(np.dtype("uint8"), (2, 64, 64)),
         "point": NDArrayField(np.dtype("float32"), (2,)),
     }
-    DatasetWriter(str(path), fields, num_workers=workers).from_indexed_dataset(_Synthetic(n))
+    plain_ffcv_write(str(path), fields, _Synthetic(n), workers)
 
 
 def plain(path: Path, batch: int, workers: int, flip: bool = True) -> Loader:

@@ -60,7 +60,8 @@ class PhotoLike:
 
 def write_beton(path: Path, n: int, workers: int) -> None:
     from ffcv.fields import IntField, NDArrayField, RGBImageField
-    from ffcv.writer import DatasetWriter
+
+    from luab_data.writers.ffcv_workers import plain_ffcv_write
 
     fields = {
         "image": RGBImageField(write_mode="jpg", jpeg_quality=90, max_resolution=500),
@@ -69,7 +70,7 @@ def write_beton(path: Path, n: int, workers: int) -> None:
         "point": NDArrayField(np.dtype("float32"), (2,)),
     }
     tmp = path.with_suffix(".tmp")
-    DatasetWriter(str(tmp), fields, num_workers=workers).from_indexed_dataset(PhotoLike(n))
+    plain_ffcv_write(str(tmp), fields, PhotoLike(n), workers)
     os.replace(tmp, path)
 
 

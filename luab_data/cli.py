@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import click
@@ -35,6 +36,13 @@ def main() -> None:
       luab-data inspect data/
       luab-data export --src coco_ab_v1_0.json --out coco.jsonl
     """
+    signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (kill, a scheduler's stop) unwinds like Ctrl-C: worker processes are stopped
+    and temporary files removed on the way out, instead of dying with them orphaned."""
+    raise SystemExit(128 + signum)
 
 
 # --- shared options -------------------------------------------------------------------------

@@ -7,7 +7,6 @@ no loader timeout; the FFCV loader is exercised in test_reference_loader.py.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import replace
 
@@ -24,17 +23,14 @@ from luab_data.raster import fixed_arrays, rasterise_batch
 from luab_data.sources import open_source, read_records
 from luab_data.sources.interchange import write_interchange
 from luab_data.verify import verify_beton
-from luab_data.writers import beton as beton_writer
 from luab_data.writers.beton import (
     BetonOptions,
-    PackSamples,
     build_beton,
     manifest_path,
     proportion_jpeg,
     read_manifest,
     rejects_path,
 )
-from luab_data.writers.watchdog import WriterProcessDied
 
 KINDS = ("imagenet-ab", "coco-ab")
 
@@ -197,36 +193,3 @@ def test_format_from_suffix_keeps_parquet(root, tmp_path):
     assert list((tmp_path / "pq").glob("*.parquet"))
     result = run("build", "--src", src, "--out", tmp_path / "x", "--format", "beton", "--quiet")
     assert result.exit_code != 0 and ".beton" in result.output
-
-
-def _no_leftovers(folder) -> bool:
-    return not [p for p in folder.iterdir() if p.name.endswith((".tmp", ".spill", ".json"))]
-
-
-@pytest.mark.timeout(120)
-def test_a_dead_writer_process_raises_instead_of_hanging(root, tmp_path, monkeypatch):
-    """FFCV's writer waits for ever on a dead worker; the build must fail instead."""
-    parent, original = os.getpid(), PackSamples.sample
-
-    def dying(self, index):
-        if index == 5 and os.getpid() != parent:
-            os._exit(3)
-        return original(self, index)
-
-    monkeypatch.setattr(PackSamples, "sample", dying)
-    source = open_source(source_path(root, "imagenet-ab"), images=sample_dir(root, "imagenet-ab"))
-    with pytest.raises(WriterProcessDied):
-        build_beton(source, tmp_path / "d.beton", options=OPTIONS, workers=2, show_progress=False)
-    assert _no_leftovers(tmp_path) and not (tmp_path / "d.beton").exists()
-
-
-@pytest.mark.timeout(120)
-def test_an_error_in_a_writer_process_is_raised_here(root, tmp_path, monkeypatch):
-    def broken(table, start, options, n_labels):
-        raise ZeroDivisionError("planted")
-
-    monkeypatch.setattr(beton_writer, "block_arrays", broken)
-    source = open_source(source_path(root, "coco-ab"), images=sample_dir(root, "coco-ab"))
-    with pytest.raises(ZeroDivisionError, match="planted"):
-        build_beton(source, tmp_path / "e.beton", options=OPTIONS, workers=2, show_progress=False)
-    assert _no_leftovers(tmp_path)

@@ -395,6 +395,21 @@ class DaliLoader:
         """Resume at ``epoch``: its order and crops are those of an uninterrupted run."""
         self._next_epoch = int(epoch)
 
+    def close(self) -> None:
+        """Stop the pipeline's threads now. Left to the garbage collector, a pipeline may be
+        finalised in a forked child (a DataLoader worker), where its threads do not exist and
+        the shutdown waits for ever."""
+        if self.pipe is not None:
+            self._live = None
+            self.pipe._shutdown()  # DALI's only way to stop a pipeline (what its __del__ does)
+            self.pipe = None
+
+    def __enter__(self) -> DaliLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The sample indices this shard visits in ``epoch``, already cut to ``len(self)``
         batches (FFCV's traversal orders, so the two loaders visit the same samples)."""

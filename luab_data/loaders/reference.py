@@ -12,6 +12,7 @@ the maps on the fly with the build's raster kernels.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,6 +267,10 @@ class ReferenceLoader:
         epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
         self.dataset.epoch = epoch  # forked workers copy the dataset when the epoch starts
         pin = self.device is not None and self.device.type == "cuda"
+        if self.num_workers:
+            # The workers are forked: garbage left now (a DALI pipeline, say) would be
+            # finalised inside them, where its threads do not exist, and hang.
+            gc.collect()
         loader = DataLoader(self.dataset, self.batch_size, sampler=self._order(epoch).tolist(),
                             num_workers=self.num_workers, drop_last=self.drop_last,
                             collate_fn=self._collate, pin_memory=pin)  # fmt: skip

@@ -28,8 +28,8 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field, fields, replace
 from multiprocessing import RawArray
 from pathlib import Path
@@ -45,6 +45,7 @@ from luab_data.records import COCO_AB, Reject
 from luab_data.records.schema import FORMAT_VERSION
 from luab_data.sources import Source
 from luab_data.writers.atomic import write_json_atomic
+from luab_data.writers.ffcv_workers import prestart, write_indexed
 from luab_data.writers.image_check import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_SIZE_TOLERANCE,
@@ -53,7 +54,6 @@ from luab_data.writers.image_check import (
     read_image,
 )
 from luab_data.writers.parquet import shard_tag
-from luab_data.writers.watchdog import child_watchdog
 
 BETON_FORMAT = 1  # version of the field layout described above
 IMAGE, LABEL, LABELS, MAP, POINT, TRACE, SIZE, INDEX = (
@@ -434,32 +434,16 @@ def _drop_missing(batch: pa.RecordBatch, images: Path, spill: Spill, strict: boo
 # ---------------------------------------------------------------- pass 2: spill -> .beton
 
 
-@contextmanager
-def _ffcv_progress(show: bool, desc: str) -> Iterator[None]:
-    """FFCV's writer always draws a bare tqdm bar: name it, or silence it (--quiet)."""
-    import ffcv.writer
-    from tqdm import tqdm
-
-    original = ffcv.writer.tqdm
-
-    def bar(*args, **kwargs):
-        return tqdm(*args, desc=desc, unit="img", disable=not show, dynamic_ncols=True, **kwargs)
-
-    ffcv.writer.tqdm = bar
-    try:
-        yield
-    finally:
-        ffcv.writer.tqdm = original
-
-
 def write_samples(dataset: PackSamples, path: Path, keep: np.ndarray, workers: int,
                   show_progress: bool) -> None:  # fmt: skip
-    from ffcv.writer import DatasetWriter
+    from tqdm import tqdm
 
-    writer = DatasetWriter(str(path), dataset.fields, page_size=dataset.options.page_size,
-                           num_workers=workers)  # fmt: skip
-    with _ffcv_progress(show_progress, "pack"), child_watchdog():
-        writer.from_indexed_dataset(dataset, indices=keep, chunksize=dataset.options.chunk_size)
+    bar = tqdm(total=len(keep), desc="pack", unit="img", disable=not show_progress,
+               dynamic_ncols=True)  # fmt: skip
+    with bar:
+        write_indexed(str(path), dataset.fields, dataset, keep, workers=workers,
+                      chunk_size=dataset.options.chunk_size,
+                      page_size=dataset.options.page_size, progress=bar)  # fmt: skip
 
 
 def default_workers() -> int:
@@ -525,6 +509,7 @@ def build_beton(
     n_labels = label_width(metadata)
     summary, start = Summary(notes=list(notes)), time.perf_counter()
     try:
+        prestart()  # the writer processes' imports overlap the records pass
         spill = spill_records(source, spill_file, shard, images=images, strict=strict,
                               show_progress=show_progress, summary=summary)  # fmt: skip
         if spill.rows and images is None and "jpeg" not in pa.ipc.open_file(

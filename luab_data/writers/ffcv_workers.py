@@ -22,6 +22,7 @@ per-worker job, the final allocation table) under its own supervision:
 from __future__ import annotations
 
 import ctypes
+import functools
 import multiprocessing as mp
 import os
 import queue
@@ -187,3 +188,20 @@ def _stop(procs: list, queues: list, clean: bool) -> None:
     for q in queues:
         q.cancel_join_thread()
         q.close()
+
+
+def plain_ffcv_write(path: str, fields: dict[str, Any], dataset: Any, workers: int) -> None:
+    """FFCV's own `DatasetWriter`, called as its users do (the benchmarks' peer baseline and
+    their synthetic data), its progress bar silenced. Its workers are forked from this
+    process: garbage is collected first, so that nothing with threads of its own (a DALI
+    pipeline) is finalised inside them."""
+    import gc
+
+    import ffcv.writer
+
+    gc.collect()
+    bar, ffcv.writer.tqdm = ffcv.writer.tqdm, functools.partial(ffcv.writer.tqdm, disable=True)
+    try:
+        ffcv.writer.DatasetWriter(path, fields, num_workers=workers).from_indexed_dataset(dataset)
+    finally:
+        ffcv.writer.tqdm = bar
