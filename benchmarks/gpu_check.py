@@ -98,8 +98,10 @@ class Plan:
 
     @staticmethod
     def dry(cores: int) -> Plan:
+        """One worker everywhere: FFCV compiles a pipeline without parallel loops ~2x faster,
+        and compiling is most of a CPU dry run."""
         return Plan(
-            dry_run=True, device="cpu", cores=min(cores, 2), images=32, sides=(64, 96),
+            dry_run=True, device="cpu", cores=1, images=32, sides=(64, 96),
             model="resnet_small", batch=8, resolutions=(32,), compile_resolutions=(32,),
             compile=False, reps=1, loader_res=32, map_size=4, raster_records=64,
             raster_reps=2, hw_loads=(0.65,), align_epochs=1, loss_model="resnet_small",
@@ -769,33 +771,88 @@ def _jsonable(x: Any) -> Any:
     return x.item() if hasattr(x, "item") else str(x)
 
 
-def spawn_step(step: Step, plan: Plan, work: Path, timeout: float) -> dict:
-    """Run a step in a forked process; kill its whole session when it runs past ``timeout``."""
-    logs = work / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    result, log = logs / f"{_slug(step.name)}.json", logs / f"{_slug(step.name)}.log"
-    result.unlink(missing_ok=True)
-    proc = multiprocessing.get_context("fork").Process(
-        target=_child, args=(step, plan, work, result, log)
-    )
-    start = time.perf_counter()
-    proc.start()
-    proc.join(timeout)
-    timed_out = proc.is_alive()
-    if timed_out:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.join()
-    seconds = time.perf_counter() - start
-    if result.exists() and not timed_out:
-        record = json.loads(result.read_text())
-    elif timed_out:
-        record = {"status": "timeout", "reason": f"no result after {timeout:.0f} s"}
-    else:
-        record = {"status": "failed", "reason": f"process ended with code {proc.exitcode}"}
-    if record["status"] in ("failed", "timeout"):
-        record["log_tail"] = _tail(log)
-    return {**record, "seconds": round(seconds, 1), "timeout_s": round(timeout)}
+class Running:
+    """A step in its forked process, with its deadline; ``collect`` kills it past that."""
+
+    def __init__(self, step: Step, plan: Plan, work: Path, timeout: float) -> None:
+        logs = work / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.step, self.timeout = step, timeout
+        self.result, self.log = logs / f"{_slug(step.name)}.json", logs / f"{_slug(step.name)}.log"
+        self.result.unlink(missing_ok=True)
+        self.proc = multiprocessing.get_context("fork").Process(
+            target=_child, args=(step, plan, work, self.result, self.log)
+        )
+        self.start = time.perf_counter()
+        self.proc.start()
+
+    def finished(self, wait: float = 0.0) -> bool:
+        self.proc.join(wait)
+        return not self.proc.is_alive() or time.perf_counter() - self.start > self.timeout
+
+    def collect(self) -> dict:
+        timed_out = self.proc.is_alive()
+        if timed_out:  # the whole session: loader workers, writer processes, pytest
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.join()
+        if self.result.exists() and not timed_out:
+            record = json.loads(self.result.read_text())
+        elif timed_out:
+            record = {"status": "timeout", "reason": f"no result after {self.timeout:.0f} s"}
+        else:
+            record = {"status": "failed", "reason": f"process ended with {self.proc.exitcode}"}
+        if record["status"] in ("failed", "timeout"):
+            record["log_tail"] = _tail(self.log)
+        seconds = round(time.perf_counter() - self.start, 1)
+        return {**record, "seconds": seconds, "timeout_s": round(self.timeout)}
+
+
+NEEDS_DATA = {"loaders", "train", "dali", "compile"}
+
+
+def run_steps(steps: list[Step], plan: Plan, work: Path, deadline: float, jobs: int,
+              echo: Callable[[str], None]) -> dict[str, dict]:  # fmt: skip
+    """Steps in order, ``jobs`` at a time (1 for measurements; more only for the dry run);
+    a step that reads the .beton starts after prep has ended."""
+    pending, running, done = list(steps), [], {}
+    while pending or running:
+        for r in [r for r in running if r.finished(0.05)]:
+            running.remove(r)
+            done[r.step.name] = r.collect()
+            echo(_progress_line(r.step.name, done[r.step.name], deadline))
+        while pending and len(running) < jobs:
+            step = next((s for s in pending if _ready(s, steps, done)), None)
+            if step is None:
+                break
+            pending.remove(step)
+            refusal = _budget_refusal(step, plan, deadline - time.perf_counter())
+            if refusal:
+                done[step.name] = refusal
+                echo(_progress_line(step.name, refusal, deadline))
+                continue
+            timeout = min(plan.timeouts[step.kind], deadline - time.perf_counter() - 5)
+            running.append(Running(step, plan, work, timeout))
+    return {s.name: done[s.name] for s in steps}
+
+
+def _ready(step: Step, steps: list[Step], done: dict) -> bool:
+    prep_listed = any(s.name == "prep" for s in steps)
+    return step.kind not in NEEDS_DATA or not prep_listed or "prep" in done
+
+
+def _budget_refusal(step: Step, plan: Plan, left: float) -> dict | None:
+    floor = 20 if plan.dry_run else MIN_SECONDS.get(step.kind, 20)
+    if min(plan.timeouts[step.kind], left - 5) >= floor:
+        return None
+    return {"status": "not run",
+            "reason": f"time budget: {max(left, 0):.0f} s left, the step needs >= {floor} s"}
+
+
+def _progress_line(name: str, record: dict, deadline: float) -> str:
+    reason = f": {record['reason']}" if record.get("reason") else ""
+    left = deadline - time.perf_counter()
+    return f"[{left:6.0f} s left] {name:12} {record['status']}{reason}"
 
 
 def _tail(path: Path, chars: int = 2000) -> str:
@@ -825,37 +882,26 @@ def preload(plan: Plan) -> None:
         import luab_data.loaders.dali_loader  # noqa: F401
 
 
-def run_check(plan: Plan, work: Path, budget_s: float, only: list[str] | None,
-              echo=print) -> dict:  # fmt: skip
+def run_check(plan: Plan, work: Path, budget_s: float, only: list[str] | None = None,
+              jobs: int = 1, echo=print) -> dict:  # fmt: skip
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     preload(plan)
     report: dict[str, Any] = {"what": "luab-data GPU check (benchmarks/gpu_check.py)",
-                              "dry_run": plan.dry_run, "plan": asdict(plan),
+                              "dry_run": plan.dry_run, "plan": asdict(plan), "jobs": jobs,
                               "budget_s": budget_s, "date": time.strftime("%Y-%m-%d %H:%M"),
-                              "preload_s": round(time.perf_counter() - start, 1),
-                              "steps": {}}  # fmt: skip
-    for step in steps_of(plan):
-        if only and step.name not in only and step.kind not in only and step.name != "env":
-            report["steps"][step.name] = {"status": "not run", "reason": "not selected (--steps)"}
-            continue
-        record = _run_within_budget(step, plan, work, budget_s - (time.perf_counter() - start))
-        report["steps"][step.name] = record
-        echo(f"[{time.perf_counter() - start:6.1f} s] {step.name:12} {record['status']}"
-             + (f": {record['reason']}" if record.get("reason") else ""), flush=True)
+                              "preload_s": round(time.perf_counter() - start, 1)}  # fmt: skip
+    steps = steps_of(plan)
+    chosen = [s for s in steps if not only or s.name == "env" or {s.name, s.kind} & set(only)]
+    echo(f"preloaded in {report['preload_s']} s; {len(chosen)} steps, budget {budget_s:.0f} s")
+    records = run_steps(chosen, plan, work, start + budget_s, jobs, lambda line: echo(line,
+                        flush=True))  # fmt: skip
+    skipped = {"status": "not run", "reason": "not selected (--steps)"}
+    report["steps"] = {s.name: records.get(s.name, skipped) for s in steps}
     report["seconds"] = round(time.perf_counter() - start, 1)
     report["machine"] = report["steps"]["env"].get("machine") or {"platform": platform.platform()}
     report["summary"] = summary(report)
     return report
-
-
-def _run_within_budget(step: Step, plan: Plan, work: Path, left: float) -> dict:
-    timeout = min(plan.timeouts[step.kind], left - 5)
-    floor = 20 if plan.dry_run else MIN_SECONDS.get(step.kind, 20)
-    if timeout < floor:
-        return {"status": "not run", "reason": f"time budget: {max(left, 0):.0f} s left, "
-                                               f"the step needs >= {floor} s"}  # fmt: skip
-    return spawn_step(step, plan, work, timeout)
 
 
 def summary(report: dict) -> dict:
@@ -925,6 +971,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--budget-s", type=float, help="whole run (default 540; dry run 400)")
     ap.add_argument("--images", type=int, help="images to generate (default 10000)")
     ap.add_argument("--steps", nargs="+", help="only these steps or kinds (env always runs)")
+    ap.add_argument("--jobs", type=int, help="steps at a time (default 1; dry run 2: its "
+                    "figures mean nothing, only that every step runs)")  # fmt: skip
     return ap.parse_args(argv)
 
 
@@ -936,7 +984,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, images=args.images)
     work = args.work or ROOT / "out" / ("gpu_check_dry" if args.dry_run else "gpu_check")
     budget = args.budget_s or (400.0 if args.dry_run else 540.0)
-    report = run_check(plan, work, budget, args.steps)
+    jobs = args.jobs or (2 if args.dry_run else 1)
+    report = run_check(plan, work, budget, args.steps, jobs)
     out = args.out or (work / "gpu-check-dry-run.json" if args.dry_run else default_out(report))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=_jsonable) + "\n")
