@@ -106,14 +106,16 @@ def check_block(report: Report, beton, batch: pa.RecordBatch, positions: list[in
     report.checked += len(idx)
 
 
-def check_images(report: Report, beton, keys: list[str], images: Path, paths: list[str],
+def check_images(report: Report, beton, batch: pa.RecordBatch, images: Path,
                  positions: list[int], options, decode: bool) -> None:  # fmt: skip
-    """Stored size = FFCV's resize of the size the source image's header declares (nothing
-    is decoded, whatever the header says); optionally decode each stored image."""
-    from luab_data.writers.image_check import declared_size, read_image
+    """The source image's header passes the build's checks (pixel limit, record's size) and
+    the stored size is FFCV's resize of the declared one (nothing is decoded, whatever the
+    header says); optionally decode each stored image."""
+    from luab_data.writers.image_check import declared_size, read_image, size_problem
 
     stored = beton.image_size()
-    for key, rel, pos in zip(keys, paths, positions, strict=True):
+    columns = [batch.column(c).to_pylist() for c in ("key", "image", "width", "height")]
+    for key, rel, width, height, pos in zip(*columns, positions, strict=True):
         try:
             size = declared_size(read_image(images / rel, options.max_pixels))
         except FileNotFoundError:
@@ -122,6 +124,9 @@ def check_images(report: Report, beton, keys: list[str], images: Path, paths: li
         except (OSError, ValueError) as err:
             report.add(key, "image", f"{images / rel}: {err}")
             continue
+        problem = size_problem(size, (width, height), options.max_pixels, options.size_tolerance)
+        if problem:
+            report.add(key, "image", f"{images / rel} {problem}")
         want = _resized(np.array(size), options.max_resolution)
         if not np.array_equal(want, stored[pos]):
             report.add(key, "image", f"stored {stored[pos].tolist()}, expected {want.tolist()}")
@@ -221,9 +226,7 @@ def verify_beton(path: str | Path, src: str | Path | None = None, *,
         seen.update(kept.column("key").to_pylist())
         check_block(report, beton, kept, pos, options, n_labels)
         if images is not None:
-            check_images(report, beton, kept.column("key").to_pylist(), images,
-                         kept.column("image").to_pylist(), pos, options,
-                         decode_images)  # fmt: skip
+            check_images(report, beton, kept, images, pos, options, decode_images)
     listed = _rejected_keys(rejects_path(path))
     for key in missing:
         if key not in listed:
