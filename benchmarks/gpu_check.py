@@ -924,7 +924,7 @@ def table(report: dict) -> str:
     lines = [f"luab-data GPU check{' (DRY RUN, CPU)' if report['dry_run'] else ''}: GPU {gpu}, "
              f"{m.get('cores', '?')} cores, torch {m.get('versions', {}).get('torch')}, "
              f"{report['seconds']:.0f} s"]  # fmt: skip
-    head = f"{'step':12} {'figure':52} {'median':>12} {'min-max':>21} {'unit':>9}"
+    head = f"{'step':12} {'figure':62} {'median':>10} {'min-max':>19} {'unit':>8}"
     lines += [head, "-" * len(head)]
     for name, rec in report["steps"].items():
         lines += _step_lines(name, rec)
@@ -937,14 +937,17 @@ def _step_lines(name: str, rec: dict) -> list[str]:
     mem = f", GPU max {gpu_mib:,.0f} MiB" if gpu_mib is not None else ""
     out = [f"{name:12} [{status[:110]}] {rec.get('seconds', 0):.0f} s{mem}"]
     for label, f in {**rec.get("figures", {}), **rec.get("ratios", {})}.items():
-        out.append(f"{'':12} {label[:52]:52} {_num(f['median']):>12} "
-                   f"{_num(f['min']) + '-' + _num(f['max']):>21} {f['unit']:>9}")  # fmt: skip
+        out.append(f"{'':12} {label[:62]:62} {_num(f['median']):>10} "
+                   f"{_num(f['min']) + '-' + _num(f['max']):>19} {f['unit']:>8}")  # fmt: skip
     for key in ("diagnosis",):
         if rec.get(key):
             out.append(f"{'':12} {rec[key]}")
     for label, check in rec.get("checks", {}).items():
         if isinstance(check, dict) and "pass" in check:
-            out.append(f"{'':12} check {label}: {'pass' if check['pass'] else 'FAIL'}")
+            worst, detail = check.get("max_rel_diff"), ""
+            if worst is not None:
+                detail = f" (max rel. diff {worst:.2g}, {check['compared']} values)"
+            out.append(f"{'':12} check {label}: {'pass' if check['pass'] else 'FAIL'}{detail}")
     if "checks" in rec and "pass" in rec["checks"]:
         out.append(f"{'':12} check: {'pass' if rec['checks']['pass'] else 'FAIL'}")
     return out
