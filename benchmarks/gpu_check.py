@@ -91,6 +91,7 @@ class Plan:
     loss_res: int = 64
     threads: int = 0  # torch CPU threads (0: torch's default)
     timeouts: dict[str, int] = field(default_factory=dict)
+    min_step_s: int = 20  # a step with less time left than this is not started
 
     @staticmethod
     def gpu(cores: int) -> Plan:
@@ -714,9 +715,9 @@ def _gpu_pytest(plan: Plan) -> dict:
 
 def run_step(step: Step, plan: Plan, work: Path) -> dict:
     """The step in this process: its record, with the peak memory it used."""
-    import torch
-
     if plan.threads:
+        import torch
+
         torch.set_num_threads(plan.threads)
     try:
         record = step.run(plan, work)
@@ -842,7 +843,7 @@ def _ready(step: Step, steps: list[Step], done: dict) -> bool:
 
 
 def _budget_refusal(step: Step, plan: Plan, left: float) -> dict | None:
-    floor = 20 if plan.dry_run else MIN_SECONDS.get(step.kind, 20)
+    floor = plan.min_step_s if plan.dry_run else MIN_SECONDS.get(step.kind, plan.min_step_s)
     if min(plan.timeouts[step.kind], left - 5) >= floor:
         return None
     return {"status": "not run",

@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -24,8 +25,71 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_check  # noqa: E402
+from gpu_check import NotRun, Plan, Step, run_steps  # noqa: E402
 
-pytestmark = pytest.mark.timeout(600)
+
+def _sleeper(pid_file: Path):
+    """A step that starts a grandchild and then hangs: the timeout must end both."""
+
+    def run(plan: Plan, work: Path) -> dict:
+        child = subprocess.Popen(["sleep", "120"])
+        pid_file.write_text(str(child.pid))
+        time.sleep(120)
+        return {}
+
+    return run
+
+
+def _missing(plan: Plan, work: Path) -> dict:
+    raise NotRun("no such library here")
+
+
+def _broken(plan: Plan, work: Path) -> dict:
+    raise ZeroDivisionError("a bug")
+
+
+def _quick(plan: Plan, work: Path) -> dict:
+    return {"figures": {"x": gpu_check.figure([1.0, 3.0, 2.0], "things/s")}}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:  # a zombie waits for its parent: it is gone too
+        return fh.read().split()[2] != "Z"
+
+
+@pytest.mark.timeout(60)
+def test_each_step_ends_with_a_status_and_the_rest_go_on(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    plan = Plan(dry_run=True, device="cpu", cores=1, min_step_s=1,
+                timeouts={"env": 3, "loss": 30, "raster": 30})  # fmt: skip
+    steps = [Step("hangs", "env", _sleeper(pid_file)), Step("missing", "loss", _missing),
+             Step("broken", "loss", _broken), Step("quick", "loss", _quick),
+             Step("late", "raster", _quick)]  # fmt: skip
+    start = time.perf_counter()
+    deadline = start + 15  # "late" finds less than its 30 s timeout + 5 s, but more than 1 s
+    got = run_steps(steps, plan, tmp_path, deadline, jobs=1, echo=lambda line: None)
+    assert time.perf_counter() - start < 25
+    assert list(got) == ["hangs", "missing", "broken", "quick", "late"]
+    assert got["hangs"]["status"] == "timeout" and got["hangs"]["timeout_s"] == 3
+    assert not _alive(int(pid_file.read_text()))  # killed with its step's whole session
+    assert got["missing"] == {**got["missing"], "status": "not run",
+                              "reason": "no such library here"}  # fmt: skip
+    assert got["broken"]["status"] == "failed" and "ZeroDivisionError" in got["broken"]["reason"]
+    assert "a bug" in got["broken"]["traceback"]
+    quick = got["quick"]
+    assert quick["status"] == "ok" and quick["figures"]["x"]["median"] == 2.0
+    assert quick["memory"]["peak_rss_mib"] > 0
+    assert got["late"]["status"] == "ok" and got["late"]["timeout_s"] < 30
+    refused = run_steps(steps[3:], plan, tmp_path, time.perf_counter() + 3, 1, lambda line: None)
+    assert all(r["status"] == "not run" and "time budget" in r["reason"]
+               for r in refused.values())  # fmt: skip
+
+
+pytestmark = pytest.mark.timeout(600)  # the dry run; the test above has its own
 
 
 @pytest.fixture(scope="module")
