@@ -572,10 +572,11 @@ LOL = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
     (bare_xml("n01440764", "bad", [_meta()]).replace("annotation>", "annotations>"),
      "root element"),
     (bare_xml("n01440764", "bad", [_meta(worker="AB\0CD")]), "NUL byte"),
+    (bare_xml("n01440764", "bad", [_meta()]).replace("<folder>", "<folder a='\0'>"), "NUL"),
+    (bare_xml("n01440764", "bad", [_meta()]).replace("<folder>", "<!-- \0 --><folder>"), "NUL"),
     (bare_xml("n01440764", "bad", [_meta()]).replace("<folder>", "<folder>&lol3;"),
      "entity reference"),
-    (LOL + bare_xml("n01440764", "bad", [_meta()]), "entity reference"),
-    (LOL.replace("&lol;", "") + bare_xml("n01440764", "bad", [_meta()]), "DOCTYPE"),
+    (LOL + bare_xml("n01440764", "bad", [_meta()]), "DOCTYPE"),  # billion laughs
     (bare_xml("n01440764", "bad", [_meta()]).replace("<folder>", "<folder><![CDATA[x]]>"),
      "CDATA"),
     (bare_xml("n01440764", "bad", [_meta()]).replace("<folder>", "<folder>& "), "entity"),

@@ -82,6 +82,11 @@ ERRORS = (
 LEAF_ERRORS = (E_NUMBER, E_BOOL, E_RANGE)
 
 _MAX_DEPTH = 32
+# Byte classes, one table lookup per byte on the hot loops instead of a chain of compares.
+_ENDS_NAME, _ENDS_TEXT = 1, 2
+_CLASS = np.zeros(256, np.uint8)
+_CLASS[[ord(">"), ord("/"), 0, 32, 9, 10, 13]] |= _ENDS_NAME
+_CLASS[[ord("<"), ord("&"), 0]] |= _ENDS_TEXT
 _LONGEST_TAG = max(len(t) for t in TAGS)
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -102,8 +107,7 @@ TAG_IDS = (np.arange(1, len(TAGS) + 1, dtype=np.int32))[_ORDER]
 @numba.njit(cache=True, nogil=True, inline="always")
 def _name_end(buf, i, end):
     while i < end:
-        c = buf[i]
-        if c == 62 or c == 47 or is_space(c):  # '>' '/' whitespace
+        if _CLASS[buf[i]] & _ENDS_NAME:  # '>' '/' NUL whitespace
             return i
         i += 1
     return end
@@ -117,6 +121,15 @@ def _tag_end(buf, ns, end):
     while gt < end and buf[gt] != 62:
         gt += 1
     return ne, gt
+
+
+@numba.njit(cache=True, nogil=True)
+def _nul_at(buf, s, e):
+    """Index of the first NUL in buf[s:e], or -1 (for the rare tag with attributes)."""
+    for i in range(s, e):
+        if buf[i] == 0:
+            return i
+    return -1
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -150,15 +163,19 @@ def _tag_id(h, hashes, ids):
 @numba.njit(cache=True, nogil=True)
 def _skip_special(buf, i, end):
     """Skip <?...?> or <!--...--> starting at buf[i] == '<'; return the index after it, -1 if
-    the document ends first, -2 for any other <!...> (DOCTYPE, ENTITY, CDATA)."""
+    the document ends first, -2 for any other <!...> (DOCTYPE, ENTITY, CDATA), -3 for a NUL."""
     if buf[i + 1] == 63:  # '?'
         j = i + 2
         while j + 1 < end and not (buf[j] == 63 and buf[j + 1] == 62):
+            if buf[j] == 0:
+                return -3
             j += 1
         return j + 2 if j + 1 < end else -1
     if i + 3 < end and buf[i + 2] == 45 and buf[i + 3] == 45:  # '<!--'
         j = i + 4
         while j + 2 < end and not (buf[j] == 45 and buf[j + 1] == 45 and buf[j + 2] == 62):
+            if buf[j] == 0:
+                return -3
             j += 1
         return j + 3 if j + 2 < end else -1
     return -2
@@ -199,32 +216,6 @@ _GT = np.frombuffer(b"gt;", np.uint8)
 _AMP = np.frombuffer(b"amp;", np.uint8)
 _QUOT = np.frombuffer(b"quot;", np.uint8)
 _APOS = np.frombuffer(b"apos;", np.uint8)
-_COMMENT_END = np.frombuffer(b"-->", np.uint8)
-
-
-@numba.njit(cache=True, nogil=True)
-def _check_bytes(buf, start, end):
-    """NUL bytes and undeclared entity references (outside comments): (error, offset in doc).
-
-    The scanner never expands entities; one that needs a DTD would be kept as literal text."""
-    i = start
-    while i < end:
-        c = buf[i]
-        if c == 0:
-            return E_NUL, i - start
-        if c == 38 and not _entity_ok(buf, i + 1, end):
-            return E_ENTITY, i - start
-        if c == 60 and i + 3 < end and buf[i + 1] == 33 and buf[i + 2] == 45 and buf[i + 3] == 45:
-            i += 4
-            while i < end and not _word_at(buf, i, end, _COMMENT_END):
-                if buf[i] == 0:
-                    return E_NUL, i - start
-                i += 1
-            continue
-        i += 1
-    return E_OK, 0
-
-
 class ScanResult:
     """Flat arrays of one scanned chunk (see scan_chunk)."""
 
@@ -301,13 +292,11 @@ def _scan(buf, starts, ends, n_docs, cap_ann, cap_smp, cap_obj, hashes, ids, bou
     )
     for d in range(n_docs):
         saved = state.copy()
-        err, pos = _check_bytes(buf, starts[d], ends[d])
-        if err == E_OK:
-            err, pos = _scan_doc(
-                buf, starts[d], ends[d], hashes, ids, bounds, stacks, state, doc_size[d],
-                ann_str, ann_int, ann_sel, smp_ann, smp_t, smp_x, smp_y, smp_pos, clk_ann, clk_t,
-                clk_x, clk_y, clk_pos, obj_name, obj_box, obj_pos,
-            )  # fmt: skip
+        err, pos = _scan_doc(
+            buf, starts[d], ends[d], hashes, ids, bounds, stacks, state, doc_size[d],
+            ann_str, ann_int, ann_sel, smp_ann, smp_t, smp_x, smp_y, smp_pos, clk_ann, clk_t,
+            clk_x, clk_y, clk_pos, obj_name, obj_box, obj_pos,
+        )  # fmt: skip
         if err == E_OK:
             err, pos = _validate(
                 saved, state, max_ann, doc_size[d], ann_int, ann_sel, smp_ann, smp_t, smp_x,
@@ -355,7 +344,15 @@ def _scan_doc(
             if i < end:
                 return E_TRAILING, i - start
             break
-        while i < end and buf[i] != 60:  # '<'
+        while i < end:  # text up to the next '<'
+            c = buf[i]
+            if _CLASS[c] & _ENDS_TEXT:
+                if c == 60:
+                    break
+                if c == 0:  # NUL; '&' (entities: only XML's own, never expanded)
+                    return E_NUL, i - start
+                if not _entity_ok(buf, i + 1, end):
+                    return E_ENTITY, i - start
             i += 1
         if i >= end:
             break
@@ -366,6 +363,8 @@ def _scan_doc(
             j = _skip_special(buf, i, end)
             if j == -2:
                 return E_DTD, i - start
+            if j == -3:
+                return E_NUL, i - start
             if j < 0:
                 return E_EOF, end - start
             i = j
@@ -373,6 +372,8 @@ def _scan_doc(
         if c1 == 47:  # closing tag
             ns = i + 2
             ne, gt = _tag_end(buf, ns, end)
+            if gt > ne and _nul_at(buf, ne, gt) >= 0:  # a name ends at a NUL, or attributes
+                return E_NUL, _nul_at(buf, ne, gt) - start
             if gt >= end:
                 return E_EOF, i - start
             if depth == 0 or not _same_name(buf, stack_h[depth - 1], ns, ne):
@@ -439,6 +440,8 @@ def _scan_doc(
         # opening tag
         ns = i + 1
         ne, gt = _tag_end(buf, ns, end)
+        if gt > ne and _nul_at(buf, ne, gt) >= 0:
+            return E_NUL, _nul_at(buf, ne, gt) - start
         if gt >= end:
             return E_EOF, i - start
         if depth >= _MAX_DEPTH:
