@@ -21,7 +21,12 @@ from luab_data import __version__
 from luab_data.records import Reject, record_schema
 from luab_data.records.schema import FORMAT_VERSION
 from luab_data.sources import Source
-from luab_data.writers.parquet import ParquetShardWriter, manifest_path
+from luab_data.writers.parquet import (
+    ParquetShardWriter,
+    legacy_manifest_path,
+    manifest_path,
+    rejects_name,
+)
 
 
 class StrictError(RuntimeError):
@@ -157,11 +162,13 @@ def build_parquet(
     and no manifest; one shard of several may be empty."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    done = manifest_path(out, shard)
-    if done.exists():
-        if not overwrite:
-            raise FileExistsError(f"{done} exists: shard already built (use --overwrite to redo)")
-        _remove_shard(out, done)
+    for done in (manifest_path(out, shard), legacy_manifest_path(out, shard)):
+        if done.exists():
+            if not overwrite:
+                raise FileExistsError(
+                    f"{done} exists: shard already built (use --overwrite to redo)"
+                )
+            _remove_shard(out, done)
     metadata = {
         **source.metadata(),
         "format_version": FORMAT_VERSION,
@@ -191,7 +198,7 @@ def build_parquet(
         "metadata": metadata,
         "source": _describe(source),
         "summary": summary.as_dict(),
-        "rejects_file": writer.rejects_file.name.rsplit("/", 1)[-1],
+        "rejects_file": rejects_name(shard),
     }
     manifest_file = writer.commit(manifest)
     summary.outputs = [str(out / f) for f in [*writer.files, manifest["rejects_file"]]]

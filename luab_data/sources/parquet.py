@@ -1,4 +1,8 @@
-"""Our own Parquet output as a source: for inspect, export and re-building in another format."""
+"""Our own Parquet output as a source: for inspect, export and re-building in another format.
+
+Reads the parts of an output folder (sidecars `_manifest-*`, `_rejects-*` and those of older
+outputs, `manifest-*`/`rejects-*`, are not parts) or one .parquet file. The derived
+`label_names` column is dropped: records come back in the canonical schema."""
 
 from __future__ import annotations
 
@@ -45,8 +49,14 @@ class ParquetSource:
                 if shard[1] > 1:
                     mask = [in_shard(k, shard) for k in batch.column("key").to_pylist()]
                     batch = batch.filter(pa.array(mask))
-                yield _safe_images(batch, file.name)
+                yield _safe_images(_records(batch), file.name)
             self.progress.done += 1
+
+
+def _records(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The canonical columns: `label_names` is derived from `labels` and the class list."""
+    at = batch.schema.get_field_index("label_names")
+    return batch if at < 0 else batch.drop_columns(["label_names"])
 
 
 def _safe_images(batch: pa.RecordBatch, name: str) -> tuple[pa.RecordBatch, list[Reject]]:
