@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from luab_data import __version__, bench
-from luab_data.build import StrictError, Summary, build_parquet, iterate, resolve_images
+from luab_data.build import build_parquet
+from luab_data.ingest import StrictError, Summary, iterate, resolve_images
 from luab_data.sources import KINDS, SourceError, detect_kind, open_source, read_class_file
 from luab_data.sources.coco_ab import POLICIES
 from luab_data.sources.interchange import write_interchange

@@ -146,7 +146,7 @@ def _resized(size: np.ndarray, max_resolution: int | None) -> np.ndarray:
 
 
 def _source_batches(source, shard, quiet: bool, rejected: set) -> Iterator[pa.RecordBatch]:
-    from luab_data.build import iterate
+    from luab_data.ingest import iterate
 
     yield from iterate(source, tuple(shard), show_progress=not quiet,
                        on_rejects=lambda rs: rejected.update(r.key for r in rs))  # fmt: skip
@@ -195,7 +195,7 @@ def verify_beton(path: str | Path, src: str | Path | None = None, *,
     """Check the bytes of a .beton, then (with `src`) every sample against its source; see
     the module docstring. VerifyError (a ValueError) or FileNotFoundError when the file
     cannot be read at all."""
-    from luab_data.build import resolve_images
+    from luab_data.ingest import resolve_images
     from luab_data.loaders.beton_integrity import check_path
     from luab_data.writers.beton import BetonOptions, describe_source, label_width, rejects_path
 

@@ -23,8 +23,8 @@ import pytest
 from beton_fixtures import OPTIONS, built, sample_dir, source_path
 from click.testing import CliRunner
 
-from luab_data.build import NothingKept
 from luab_data.cli import main
+from luab_data.ingest import NothingKept
 from luab_data.sources import open_source, read_records
 from luab_data.sources.interchange import write_interchange
 from luab_data.verify import verify_beton

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from luab_data import __version__
-from luab_data.build import NothingKept, StrictError, Summary, iterate
+from luab_data.ingest import NothingKept, StrictError, Summary, iterate
 from luab_data.records import COCO_AB, Reject
 from luab_data.records.schema import FORMAT_VERSION
 from luab_data.sources import Source

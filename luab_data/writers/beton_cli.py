@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from luab_data.build import Summary, resolve_images
+from luab_data.ingest import Summary, resolve_images
 from luab_data.recipes import beton_options, load_recipe
 from luab_data.sources import detect_kind, open_source, read_class_file
 from luab_data.sources.interchange import RECORDS
