@@ -63,7 +63,8 @@ def run_one(
     run_dir = out / f"{variant}-seed{seed}"
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     cmd = [PY, str(ROOT / "train" / "fast_train.py"), "--config",
-           str(ROOT / "pipelines" / "train" / "sample-cpu.json"), "--train", str(beton),
+           str(ROOT / "luab_data" / "pipelines" / "train" / "sample-cpu.json"),
+           "--train", str(beton),
            "--val", str(sample / "val_id"), str(sample / "val_ood"), "--seed", str(seed),
            "--out", str(run_dir), "--quiet", *VARIANTS[variant], *extra]  # fmt: skip
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         record = {"what": "baseline vs LUAB on the bundled shortcut sample (train/fast_train.py)",
                   "settings": {**{k: str(v) if isinstance(v, Path) else v
                                   for k, v in vars(args).items()},
-                               "config": "pipelines/train/sample-cpu.json",
+                               "config": "luab_data/pipelines/train/sample-cpu.json",
                                "variants": {v: VARIANTS[v] for v in args.variants}},
                   "machine": {**machine(), "loadavg_before": load_before},
                   "wall_s": time.time() - start, "summary": table,

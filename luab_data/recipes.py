@@ -1,4 +1,4 @@
-"""Named, versioned recipes (pipelines/*.json): build and loader settings per dataset.
+"""Named, versioned recipes (luab_data/pipelines/*.json): build and loader settings per dataset.
 
 A recipe is a JSON object with `build` (what `luab-data build --recipe` uses as defaults;
 options given on the command line win) and `loader` (keyword arguments of the loaders).
@@ -14,7 +14,8 @@ from typing import Any
 from luab_data.raster import RasterConfig
 from luab_data.writers.beton import BetonOptions
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "pipelines"
+# package data, so that an installed wheel finds them too; pipelines/train/ holds the trainer's
+RECIPES_DIR = Path(__file__).resolve().parent / "pipelines"
 # build keys that are not BetonOptions fields
 _RASTER_KEYS = {"map_size": "size", "sigma": "sigma", "sigma_units": "sigma_units",
                 "channels": "channels", "selected_only": "selected_only"}  # fmt: skip
@@ -26,7 +27,8 @@ def recipe_names() -> list[str]:
 
 
 def load_recipe(name_or_path: str | Path) -> dict:
-    """A recipe by file path, or by name from pipelines/ (`imagenet-ab`, `coco-ab`, `sample`)."""
+    """A recipe by file path, or by name from luab_data/pipelines/ (`imagenet-ab`, `coco-ab`,
+    `sample`)."""
     path = Path(name_or_path)
     if not path.is_file():
         path = RECIPES_DIR / f"{name_or_path}.json"

@@ -9,10 +9,11 @@ resolution. λ = μ = 0 is the plain baseline through exactly the same code. Any
 batch contract (DESIGN.md, contract 3) feeds it: FFCV (default), DALI, the PyTorch reference
 loader, or ``--synthetic`` device-resident tensors (the throughput ceiling).
 
-    python train/fast_train.py --config pipelines/train/sample-cpu.json --train out/s.beton \
-        --val out/sample/val_id out/sample/val_ood --mu 1        # a sample split: labels.csv
-    torchrun --nproc_per_node 8 train/fast_train.py --config pipelines/train/imagenet-rn50.json \
-        --train in.beton --val val.beton --lam 1 --compile
+    python train/fast_train.py --config luab_data/pipelines/train/sample-cpu.json \
+        --train out/s.beton --val out/sample/val_id out/sample/val_ood --mu 1  # labels.csv split
+    torchrun --nproc_per_node 8 train/fast_train.py \
+        --config luab_data/pipelines/train/imagenet-rn50.json --train in.beton --val val.beton \
+        --lam 1 --compile
     python train/fast_train.py --synthetic --model resnet50 --batch-size 256 --epochs 3
 
 Outputs go to ``--out``: metrics.jsonl (one JSON record per event: start, train, epoch, eval,
@@ -126,7 +127,8 @@ class Config:
 def parse_args(argv: list[str] | None = None) -> Config:
     """``--config`` (YAML/JSON with Config's field names) sets defaults; flags override."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", help="JSON/YAML of Config fields, or pipelines/train/*.json")
+    pre.add_argument("--config",
+                     help="JSON/YAML of Config fields, or luab_data/pipelines/train/*.json")
     known, _ = pre.parse_known_args(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[pre])
     for f in fields(Config):
@@ -152,7 +154,7 @@ _FROM_LOADER = {"batch_size": "batch_size", "num_workers": "workers", "scale": "
 
 
 def _read_config(path: str) -> dict[str, Any]:
-    """Config values from a file: flat Config fields, or a recipe of pipelines/ whose
+    """Config values from a file: flat Config fields, or a recipe of luab_data/pipelines/ whose
     ``loader`` section (batch size, workers, crop scale) and optional ``trainer`` section
     (Config fields) apply, after those of the data recipe it names in ``recipe``."""
     data = _load_file(path)

@@ -44,8 +44,8 @@ def _sigma(ctx, param, value: str | None) -> tuple[float, str] | None:
 
 _OPTIONS = [
     click.option("--recipe", default=None,
-                 help="Build settings from pipelines/<NAME>.json (imagenet-ab, coco-ab, sample) "
-                 "or a .json path; options given here win."),
+                 help="Build settings from luab_data/pipelines/<NAME>.json (imagenet-ab, coco-ab, "
+                 "sample) or a .json path; options given here win."),
     click.option("--map-size", callback=_map_size, default=None,
                  help=".beton: attention map cells, N or HxW  [default: 64]"),
     click.option("--sigma", callback=_sigma, default=None,
