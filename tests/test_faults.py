@@ -19,9 +19,10 @@ import pytest
 from beton_fixtures import OPTIONS, sample_dir, source_path
 from fault_plants import DyingSamples, FailingBlocks, ModulesSeen, plant
 
+from luab_data.beton.paths import manifest_path
 from luab_data.sources import open_source
 from luab_data.writers import beton as beton_writer
-from luab_data.writers.beton import build_beton, manifest_path
+from luab_data.writers.beton import build_beton
 from luab_data.writers.ffcv_workers import WriterProcessDied
 
 PLANTS = Path(__file__).with_name("fault_plants.py")
@@ -148,6 +149,7 @@ def test_a_signalled_build_ends_promptly_and_leaves_no_process(root, tmp_path, h
         with_group = [p for p in psutil.process_iter() if _in_group(p, proc.pid)]
         for p in with_group:
             p.kill()
+        proc.stdout.close()
     assert not alive, f"{how}: still running after {elapsed:.1f} s: {alive}"
     assert code == {"ctrl-c": 1, "sigterm": 128 + signal.SIGTERM, "sigkill": -signal.SIGKILL}[how]
     assert not out.exists() and not manifest_path(out).exists()
