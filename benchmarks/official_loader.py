@@ -1,6 +1,6 @@
 """A reproduction of the official ImageNet-AB example loader, the baseline of bench_load.py.
 
-Written from the description in docs/FORMATS.md (no code taken from the release): a PyTorch
+Written from the description in docs/RELEASE_FORMATS.md (no code taken from the release): a PyTorch
 Dataset over the image folder that, per sample, opens the JPEG with PIL, parses that image's
 XML with ElementTree, averages the first select click of every `selected == True` annotation,
 draws torchvision's RandomResizedCrop rule (224, scale 0.08-1, ratio 3/4-4/3, bicubic; written

@@ -1,4 +1,4 @@
-"""The one home of the crop/flip arithmetic (DESIGN.md, contract 4).
+"""The one home of the crop/flip arithmetic (docs/ARCHITECTURE.md, contract 4).
 
 Every loader stage that must agree on a sample's augmentation calls these functions; the
 numba-compiled FFCV stages call the very same ``njit`` functions, so there is nothing to keep
@@ -19,7 +19,7 @@ Conventions
   if ``flip``, mirrored left-right: crop coordinate ``t`` becomes ``1 - t``.
 * Crop coordinates of a point: ``((x - x0)/(x1 - x0), (y - y0)/(y1 - y0))`` (mirrored in x when
   flipped). Valid (weight 1) when both lie in ``[0, 1]`` inclusive, else target ``(-1, -1)``,
-  weight 0 (FORMATS.md, "What the official example loaders regress").
+  weight 0 (docs/RELEASE_FORMATS.md, "What the official example loaders regress").
 
 Randomness is counter-based: the crop and flip of a sample are a pure function of
 ``(seed, epoch, sample index)`` (splitmix64 hashing), so independent stages draw the same crop
@@ -170,7 +170,8 @@ def normalised_box(
 def transform_point(
     x: float, y: float, x0: float, y0: float, x1: float, y1: float, flip: bool
 ) -> tuple[float, float, float]:
-    """Normalised image point -> ``(tx, ty, weight)`` in crop coordinates (FORMATS.md rule).
+    """Normalised image point -> ``(tx, ty, weight)`` in crop coordinates (the official
+    loaders' rule, docs/RELEASE_FORMATS.md).
 
     NaN or negative "absent" markers never fall inside a crop, so they get weight 0 too.
     """

@@ -6,8 +6,8 @@
 The classifier and the paper's point head sit on globally pooled features; the attention head
 predicts the loader's cropped attention map (clicks, dwell-weighted trace) at feature-map
 resolution. λ = μ = 0 is the plain baseline through exactly the same code. Any loader of the
-batch contract (DESIGN.md, contract 3) feeds it: FFCV (default), DALI, the PyTorch reference
-loader, or ``--synthetic`` device-resident tensors (the throughput ceiling).
+batch contract (docs/ARCHITECTURE.md, contract 3) feeds it: FFCV (default), DALI, the PyTorch
+reference loader, or ``--synthetic`` device-resident tensors (the throughput ceiling).
 
     python train/fast_train.py --config luab_data/pipelines/train/sample-cpu.json \
         --train out/s.beton --val out/sample/val_id out/sample/val_ood --mu 1  # labels.csv split

@@ -1,5 +1,5 @@
 """Synthetic samples with a bright marker at a known point, and the measurements that prove a
-loader keeps image, map and point aligned (DESIGN.md, contract 4).
+loader keeps image, map and point aligned (docs/ARCHITECTURE.md, contract 4).
 
 Every loader (FFCV, the PyTorch reference, DALI) is held to the same check: after its crop and
 flip, the marker's centroid lies within one output pixel of the point target, and the map's

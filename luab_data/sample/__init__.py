@@ -6,7 +6,7 @@ background carries a shortcut: in the training split each class comes with its o
 family with probability rho (exactly round(rho * n_c) images of each class); `val_id` follows
 the same law, `val_ood` draws the background independently of the class. Simulated annotators
 (each with their own rate, speed, wobble, tremor, dwell, aim and error habits) produce the
-byproducts in the releases' own formats, quirks included (docs/FORMATS.md).
+byproducts in the releases' own formats, quirks included (docs/RELEASE_FORMATS.md).
 
 Layout of `luab-data sample --out DIR --kind imagenet-ab`::
 

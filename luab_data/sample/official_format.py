@@ -1,4 +1,4 @@
-"""Serialisers of the official formats, quirks included (see docs/FORMATS.md).
+"""Serialisers of the official formats, quirks included (see docs/RELEASE_FORMATS.md).
 
 ImageNet-AB XML: a byproduct block is a dict dumped to XML: child tags in sorted order, booleans
 as the text True/False, an empty list as the literal text None, a list as a repeated element.

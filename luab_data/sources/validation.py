@@ -23,8 +23,8 @@ MISSING_IMAGE = "missing-image"
 DUPLICATE_KEY = "duplicate-key"
 UNSAFE_PATH = "unsafe-path"
 
-# Normalised coordinates: the pointer may leave the image a little (FORMATS.md); a value far
-# outside the image is a recording or export error, not a trace.
+# Normalised coordinates: the pointer may leave the image a little (docs/RELEASE_FORMATS.md);
+# a value far outside the image is a recording or export error, not a trace.
 COORD_MIN = -1.0
 COORD_MAX = 2.0
 
