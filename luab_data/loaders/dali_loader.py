@@ -1,8 +1,9 @@
-"""The DALI loader of the batch contract (DESIGN.md, contract 3), over the same .beton as FFCV.
+"""The DALI loader of the batch contract (:mod:`luab_data.loaders.contract`), over the same
+.beton as FFCV.
 
->>> loader = make_dali_loader("train.beton", 256, train=True, image_size=224, map_size=14,
-...                           device_id=0)          # device_id=None: CPU-only pipeline
->>> for batch in loader:                            # a luab_data.loaders.ffcv_loader.Batch
+>>> loader = DaliLoader("train.beton", 256, train=True, image_size=224, map_size=14,
+...                     device="cuda:0")            # device None: CPU-only pipeline
+>>> for batch in loader:                            # a luab_data.loaders.contract.Batch
 ...     batch.images, batch.labels, batch.boxes, batch.flips, batch.maps, batch.points, ...
 
 How one crop reaches every output. A batch source (``fn.external_source``, batch mode) reads the
@@ -25,9 +26,10 @@ Everything a batch needs travels through the pipeline together, so prefetching c
 batch with another batch's crops. Output tensors are DLPack views that own their DALI buffers:
 a later batch never overwrites them (unlike FFCV's reused buffers), nothing needs cloning.
 
-Devices: ``device_id=None`` runs every operator on the CPU (DALI's CPU-only mode, used in CI);
-an integer decodes with ``device="mixed"`` (nvJPEG; the A100/H100 hardware JPEG decoder takes
-``hw_decoder_load`` of the work) and resizes, mirrors, normalises and resamples maps on that GPU.
+Devices: ``device=None`` runs every operator on the CPU (DALI's CPU-only mode, used in CI);
+a CUDA device decodes with DALI's ``device="mixed"`` (nvJPEG; the A100/H100 hardware JPEG
+decoder takes ``hw_decoder_load`` of the work) and resizes, mirrors, normalises and resamples
+maps on that GPU.
 
 Images may be stored as JPEG or raw (FFCV's ``write_mode`` raw/proportion/smart): a raw image is
 handed to the decoder as a binary PPM (a short text header before the stored RGB bytes), which
@@ -36,7 +38,6 @@ DALI decodes on the CPU even in mixed mode, so one graph serves both.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -48,12 +49,19 @@ import torch
 from ffcv.fields import NDArrayField
 from numba import njit
 from nvidia.dali import fn, pipeline_def, types
-from torch.utils.data import DistributedSampler
 
 from luab_data import geometry as geo
-from luab_data.loaders.beton_file import check_batches, field_names
-from luab_data.loaders.beton_reader import RAW_MODE, BatchBetonFile, ImageTable
-from luab_data.loaders.ffcv_loader import IMAGENET_MEAN, IMAGENET_STD, Batch, FieldNames
+from luab_data.beton.batch_file import BatchBetonFile, ImageTable
+from luab_data.beton.fields import RAW_MODE
+from luab_data.loaders.contract import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Batch,
+    CropSettings,
+    FieldNames,
+    LoaderSettings,
+    check_batches,
+)
 
 # source outputs that leave the pipeline as they came in (copied to the GPU in mixed mode)
 PASSED_THROUGH = ("boxes", "mirror", "labels", "points", "weights", "indices")
@@ -67,19 +75,7 @@ _DALI_TYPES = {
 }
 
 
-# ---------------------------------------------------------------- the crop rule
-
-
-@dataclass(frozen=True)
-class CropRule:
-    """The augmentation of a loader, as ``geometry.crop_box`` takes it (same defaults)."""
-
-    train: bool = True
-    seed: int = 0
-    scale: tuple[float, float] = geo.DEFAULT_SCALE
-    ratio: tuple[float, float] = geo.DEFAULT_RATIO
-    flip_p: float = 0.5
-    center_ratio: float = geo.DEFAULT_CENTER_RATIO
+# ---------------------------------------------------------------- the crops
 
 
 @dataclass
@@ -99,7 +95,7 @@ class Crops:
         return start, np.stack([y1, xe], axis=1).astype(np.float32)
 
 
-def draw_crops(sizes: np.ndarray, indices: np.ndarray, rule: CropRule, epoch: int) -> Crops:
+def draw_crops(sizes: np.ndarray, indices: np.ndarray, rule: CropSettings, epoch: int) -> Crops:
     """The windows of ``indices`` in ``epoch``: geometry's crop of each stored (width, height)."""
     n = len(indices)
     crops = Crops(np.empty((n, 4), np.int32), np.empty((n, 4)), np.empty(n, np.bool_))
@@ -160,7 +156,7 @@ class BetonBatchSource:
     StopIteration, which ends DALI's epoch.
     """
 
-    def __init__(self, beton: BatchBetonFile, rule: CropRule, names: FieldNames) -> None:
+    def __init__(self, beton: BatchBetonFile, rule: CropSettings, names: FieldNames) -> None:
         self.beton, self.rule, self.names = beton, rule, names
         self.images: ImageTable = beton.image_table(names.image)
         self.sizes = np.ascontiguousarray(self.images.sizes)
@@ -257,6 +253,7 @@ class GraphOptions:
     map_size: tuple[int, int] = (14, 14)
     normalize: bool = False
     half: bool = False  # normalised images as float16
+    cast: torch.dtype | None = None  # normalised images made float32, then cast to this
     map_scale: float | None = None  # None: 1/255 for uint8 maps, else 1 (as the FFCV loader)
     hw_decoder_load: float = 0.65
     decoder_options: dict[str, Any] = field(default_factory=dict)
@@ -330,49 +327,49 @@ def _maps(nodes: dict[str, Any], options: GraphOptions, source: BetonBatchSource
 class DaliLoader:
     """Iterable of :class:`Batch` over a .beton, one DALI pipeline per loader.
 
-    Epochs follow the FFCV loader: ``train`` shuffles with NumPy's ``default_rng(seed +
-    epoch)`` (one shard) or torch's ``DistributedSampler`` (``num_shards`` > 1, padded to equal
-    shards), so with the same seed both loaders visit the same samples in the same batches;
-    ``drop_last`` drops the last partial batch, otherwise it comes out smaller. ``len()`` is the
-    number of batches per epoch; ``set_epoch`` chooses the epoch the next ``iter()`` runs.
+    Knobs: :class:`~luab_data.loaders.contract.LoaderSettings`, as the FFCV and reference
+    loaders take them; ``workers`` are DALI's CPU threads (default: the cores, divided among
+    the GPUs when decoding on one). The epoch order is the contract's ``epoch_order``;
+    ``len()`` is the number of batches per epoch; ``set_epoch`` chooses the epoch the next
+    ``iter()`` runs. Extras: ``hw_decoder_load`` (share of the GPU's hardware JPEG decoder),
+    ``decoder_options`` (more ``fn.decoders.image_slice`` arguments, e.g.
+    ``preallocate_width_hint``), ``prefetch_queue_depth``.
     """
+
+    EXTRAS = ("hw_decoder_load", "decoder_options", "prefetch_queue_depth")
 
     def __init__(
         self,
         path: str | Path,
         batch_size: int,
         *,
-        rule: CropRule = CropRule(),
-        options: GraphOptions = GraphOptions(),
-        names: FieldNames = FieldNames(),
-        shard_id: int = 0,
-        num_shards: int = 1,
-        shuffle: bool | None = None,
-        drop_last: bool | None = None,
-        indices: Sequence[int] | None = None,
-        device_id: int | None = None,
-        num_threads: int | None = None,
+        hw_decoder_load: float = 0.65,
+        decoder_options: dict[str, Any] | None = None,
         prefetch_queue_depth: int = 2,
+        **knobs: Any,
     ) -> None:
-        if not 0 <= shard_id < num_shards:
-            raise ValueError(f"shard_id {shard_id} out of range for {num_shards} shards")
+        s = LoaderSettings.of(type(self).__name__, {"batch_size": batch_size, **knobs},
+                              self.EXTRAS)  # fmt: skip
+        self.settings, self.rule = s, s.crop
+        self.options = _graph_options(s, hw_decoder_load, decoder_options)
         self.beton = BatchBetonFile(path)
-        self.batch_size, self.rule, self.options = int(batch_size), rule, options
-        self.shard_id, self.num_shards = int(shard_id), int(num_shards)
-        self.shuffle = rule.train if shuffle is None else bool(shuffle)
-        self.drop_last = rule.train if drop_last is None else bool(drop_last)
-        n = self.beton.num_samples
-        self.indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices)
-        check_batches(len(self), len(self.indices), self.batch_size, self.drop_last)
-        self.device = None if device_id is None else torch.device("cuda", device_id)
-        self.source = BetonBatchSource(self.beton, rule, names)
+        self.batch_size = int(s.batch_size)
+        self.n_samples = self.beton.num_samples
+        check_batches(len(self), len(s.subset(self.n_samples)), self.batch_size, s.drop_last)
+        self.device = s.torch_device()
+        if self.device is not None and self.device.type != "cuda":
+            raise ValueError(f"DALI runs on the CPU or a CUDA device, not {self.device}")
+        device_id = None if self.device is None else self.device.index
+        names = s.field_names(path)
+        self.source = BetonBatchSource(self.beton, self.rule, names)
         self._squeeze_points = self.source.has_points and (
             _array_field(self.beton, names.point).shape == (2,)
         )
+        threads = _default_threads(device_id) if s.workers is None else max(1, s.workers)
         self.pipe = _graph(
-            self.source, options, device_id is not None, batch_size=self.batch_size,
-            num_threads=num_threads or _default_threads(device_id), device_id=device_id,
-            prefetch_queue_depth=prefetch_queue_depth, seed=rule.seed, exec_dynamic=True,
+            self.source, self.options, device_id is not None, batch_size=self.batch_size,
+            num_threads=threads, device_id=device_id, prefetch_queue_depth=prefetch_queue_depth,
+            seed=self.rule.seed, exec_dynamic=True,
         )  # fmt: skip
         self.pipe.build()
         self._next_epoch = 0
@@ -381,10 +378,7 @@ class DaliLoader:
     # ------------------------------------------------ epochs
 
     def __len__(self) -> int:
-        per_shard = math.ceil(len(self.indices) / self.num_shards)
-        if self.drop_last:
-            return per_shard // self.batch_size
-        return math.ceil(per_shard / self.batch_size)
+        return self.settings.batches_per_epoch(self.n_samples)
 
     @property
     def epoch(self) -> int:
@@ -411,20 +405,8 @@ class DaliLoader:
         self.close()
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """The sample indices this shard visits in ``epoch``, already cut to ``len(self)``
-        batches (FFCV's traversal orders, so the two loaders visit the same samples)."""
-        if self.num_shards > 1:
-            sampler = DistributedSampler(
-                self.indices, num_replicas=self.num_shards, rank=self.shard_id,
-                shuffle=self.shuffle, seed=self.rule.seed, drop_last=False,
-            )  # fmt: skip
-            sampler.set_epoch(epoch)
-            order = self.indices[np.fromiter(sampler, np.int64)]
-        elif self.shuffle:
-            order = np.random.default_rng(self.rule.seed + epoch).permutation(self.indices)
-        else:
-            order = self.indices
-        return np.asarray(order[: len(self) * self.batch_size], np.int64)
+        """The sample indices this rank visits in ``epoch``, cut to ``len(self)`` batches."""
+        return self.settings.epoch_order(self.n_samples, epoch)
 
     def __iter__(self) -> Iterator[Batch]:
         self._retire_live_epoch()
@@ -468,8 +450,11 @@ class DaliLoader:
         points, weights = out.get("points"), out.get("weights")
         if self._squeeze_points:
             points, weights = points[:, 0], weights[:, 0]
+        images = out["images"].permute(0, 3, 1, 2)  # NHWC memory: channels-last NCHW
+        if self.options.normalize and self.options.cast is not None:
+            images = images.to(self.options.cast)  # keeps the channels-last strides
         return Batch(
-            images=out["images"].permute(0, 3, 1, 2),  # NHWC memory: channels-last NCHW
+            images=images,
             labels=out["labels"],
             boxes=out["boxes"],
             flips=out["mirror"] != 0,
@@ -507,50 +492,14 @@ def _default_threads(device_id: int | None) -> int:
     return max(1, cores // max(gpus, 1))
 
 
-def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def make_dali_loader(
-    path: str | Path,
-    batch_size: int,
-    *,
-    train: bool = True,
-    image_size: int | tuple[int, int] = 224,
-    map_size: int | tuple[int, int] = 14,
-    seed: int = 0,
-    shard_id: int = 0,
-    num_shards: int = 1,
-    device_id: int | None = None,
-    drop_last: bool | None = None,
-    num_threads: int | None = None,
-    normalize: bool = False,
-    half: bool = False,
-    hw_decoder_load: float = 0.65,
-    scale: tuple[float, float] = geo.DEFAULT_SCALE,
-    ratio: tuple[float, float] = geo.DEFAULT_RATIO,
-    flip_p: float = 0.5,
-    center_ratio: float = geo.DEFAULT_CENTER_RATIO,
-    names: FieldNames | None = None,
-    decoder_options: dict[str, Any] | None = None,
-    **loader_options: Any,
-) -> DaliLoader:
-    """The DALI loader with the FFCV loader's knobs. ``train``: RandomResizedCrop + flip from
-    (seed, epoch, index), shuffled, last partial batch dropped (unless ``drop_last`` says
-    otherwise); else resize + center crop, sequential, nothing dropped. Sizes are (H, W) or an
-    int for a square. ``device_id=None``: CPU only; an int: GPU decoding on that device
-    (``num_threads`` None: the cores divided by the GPUs). ``names`` None: the fields of a
-    luab-data .beton (``beton_file.field_names``: ``labels`` for COCO-AB, no map/point when
-    built without byproducts). ``decoder_options``: extra ``fn.decoders.image_slice`` arguments
-    (e.g. ``preallocate_width_hint``). ``loader_options``: ``shuffle``, ``indices``,
-    ``prefetch_queue_depth`` of DaliLoader."""
-    rule = CropRule(train, seed, scale, ratio, flip_p, center_ratio)
-    options = GraphOptions(
-        image_size=_pair(image_size), map_size=_pair(map_size), normalize=normalize,
-        half=half, hw_decoder_load=hw_decoder_load, decoder_options=dict(decoder_options or {}),
-    )  # fmt: skip
-    return DaliLoader(
-        path, batch_size, rule=rule, options=options, names=names or field_names(path),
-        shard_id=shard_id, num_shards=num_shards, drop_last=drop_last, device_id=device_id,
-        num_threads=num_threads, **loader_options,
+def _graph_options(s: LoaderSettings, hw_decoder_load: float,
+                   decoder_options: dict[str, Any] | None) -> GraphOptions:  # fmt: skip
+    """What the graph makes of the knobs: float16 is DALI's own output type; any other float
+    dtype is made from float32 after the pipeline (``GraphOptions.cast``)."""
+    dtype = s.dtype()
+    cast = None if dtype in (torch.float16, torch.float32) else dtype
+    return GraphOptions(
+        image_size=s.image_size, map_size=s.map_size, normalize=s.normalize,
+        half=dtype == torch.float16, cast=cast,
+        hw_decoder_load=hw_decoder_load, decoder_options=dict(decoder_options or {}),
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""The FFCV loader of the batch contract (DESIGN.md, contract 3).
+"""The FFCV loader of the batch contract (:mod:`luab_data.loaders.contract`).
 
 >>> loader = CoupledLoader("train.beton", batch_size=256, image_size=224, map_size=(14, 14))
 >>> for batch in loader:
@@ -15,19 +15,27 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
+import numpy as np
 import torch
 from ffcv.fields import IntField, RGBImageField
 from ffcv.loader import Loader, OrderOption
 from ffcv.pipeline import PipelineSpec
 from ffcv.reader import Reader
 from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
+from ffcv.traversal_order.base import TraversalOrder
 
-from luab_data import geometry as geo
-from luab_data.loaders.beton_file import check_batches, check_beton
+from luab_data.beton.integrity import check_beton
+from luab_data.loaders.contract import (  # noqa: F401 (Batch, FieldNames: re-exported)
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Batch,
+    FieldNames,
+    LoaderSettings,
+    check_batches,
+)
 from luab_data.loaders.ffcv_ops import (
     CoupledCropDecoder,
     CropBoxDecoder,
@@ -38,40 +46,8 @@ from luab_data.loaders.ffcv_ops import (
     SampleIndexDecoder,
 )
 
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 CROP_OUTPUT = "luab_crop"  # output names of our own, kept apart from field names
 INDEX_OUTPUT = "luab_index"
-
-
-class Batch(NamedTuple):
-    """One batch of the contract. Tensors are on the loader's device.
-
-    images: (N, 3, H, W) channels-last, uint8 or normalised float; labels: (N,) int64 or
-    (N, L) multi-hot; boxes: (N, 4) float32 normalised (x0, y0, x1, y1) in the original image;
-    flips: (N,) bool, mirror applied after the crop; maps: (N, C, Ho, Wo) float32 or None;
-    points: (N, 2) or (N, K, 2) float32 crop coordinates, (-1, -1) where invalid, or None;
-    point_weights: (N,) or (N, K) float32 in {0, 1}, or None; indices: (N,) int64.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    boxes: torch.Tensor
-    flips: torch.Tensor
-    maps: torch.Tensor | None
-    points: torch.Tensor | None
-    point_weights: torch.Tensor | None
-    indices: torch.Tensor
-
-
-@dataclass(frozen=True)
-class FieldNames:
-    """Names of the .beton fields the loader reads; ``None`` for an absent byproduct."""
-
-    image: str = "image"
-    label: str = "label"
-    map: str | None = "map"
-    point: str | None = "point"
 
 
 def _to(device: torch.device | None) -> list[Any]:
@@ -121,61 +97,44 @@ def build_pipelines(
 class CoupledLoader:
     """FFCV loader whose image, attention map and points share one crop and flip per sample.
 
-    ``train=True``: RandomResizedCrop (``scale``, ``ratio``) + flip with ``flip_p``, drawn from
-    (``seed``, epoch, sample index); ``train=False``: resize + center crop (``center_ratio``),
-    no flip. ``image_size`` and ``map_size`` are (H, W) (an int means square). ``device``:
-    None keeps CPU tensors; a CUDA device adds non-blocking ToDevice to every output, and
-    ``normalize`` then runs on the GPU. ``distributed`` uses FFCV's rank/world size from
-    torch.distributed; the sample index (hence the crop) is global, so ranks agree.
+    Knobs: :class:`~luab_data.loaders.contract.LoaderSettings` (``batch_size``, ``train``,
+    ``image_size``, ``map_size``, ``seed``, ``workers`` (threads, default 2), ``rank``,
+    ``world_size``, ``device``, ...). The epoch order is the contract's ``epoch_order``, so
+    ranks need no torch.distributed and every loader visits the same samples. A CUDA
+    ``device`` adds a non-blocking ToDevice to every output, and ``normalize`` then runs on
+    the GPU. Extras: ``os_cache`` (FFCV's page-cache reader), ``batches_ahead``.
     """
+
+    EXTRAS = ("os_cache", "batches_ahead")
 
     def __init__(
         self,
         path: str | Path,
         batch_size: int,
         *,
-        train: bool = True,
-        image_size: int | tuple[int, int] = 224,
-        map_size: int | tuple[int, int] = (14, 14),
-        seed: int = 0,
-        scale: tuple[float, float] = geo.DEFAULT_SCALE,
-        ratio: tuple[float, float] = geo.DEFAULT_RATIO,
-        flip_p: float = 0.5,
-        center_ratio: float = geo.DEFAULT_CENTER_RATIO,
-        order: OrderOption | None = None,
-        num_workers: int = 2,
-        distributed: bool = False,
-        indices: Sequence[int] | None = None,
-        drop_last: bool | None = None,
-        batches_ahead: int = 3,
         os_cache: bool = True,
-        device: torch.device | str | None = None,
-        normalize: bool = False,
-        image_dtype: torch.dtype = torch.float32,
-        names: FieldNames = FieldNames(),
+        batches_ahead: int = 3,
+        **knobs: Any,
     ) -> None:
+        s = LoaderSettings.of(type(self).__name__, {"batch_size": batch_size, **knobs}, self.EXTRAS)
         check_beton(path)  # one clear error for a missing, foreign, cut or damaged file
         reader = Reader(str(path))
-        self.names = names
-        self.plan = CropPlan.from_reader(
-            reader, names.image, train=train, seed=seed, scale=scale, ratio=ratio,
-            flip_p=flip_p, center_ratio=center_ratio,
-        )  # fmt: skip
-        point_field = reader.handlers.get(names.point)
+        self.settings, self.names = s, s.field_names(path)
+        self.plan = CropPlan.from_reader(reader, s.crop, self.names.image)
+        point_field = reader.handlers.get(self.names.point)
         self._squeeze_points = point_field is not None and point_field.shape == (2,)
         pipelines = build_pipelines(
-            reader, self.plan, names=names, image_size=_pair(image_size),
-            map_size=_pair(map_size), device=None if device is None else torch.device(device),
-            normalize=normalize, image_dtype=image_dtype,
+            reader, self.plan, names=self.names, image_size=s.image_size, map_size=s.map_size,
+            device=s.torch_device(), normalize=s.normalize, image_dtype=s.dtype(),
         )  # fmt: skip
         self.loader = Loader(
-            str(path), batch_size=batch_size, num_workers=num_workers, os_cache=os_cache,
-            order=order or (OrderOption.RANDOM if train else OrderOption.SEQUENTIAL),
-            distributed=distributed, seed=seed, indices=indices, pipelines=pipelines,
-            drop_last=train if drop_last is None else drop_last, batches_ahead=batches_ahead,
+            str(path), batch_size=s.batch_size, num_workers=_threads(s.workers),
+            os_cache=os_cache, order=OrderOption.SEQUENTIAL, pipelines=pipelines,
+            drop_last=s.drop_last, batches_ahead=batches_ahead,
         )  # fmt: skip
-        samples = len(indices) if indices is not None else int(reader.num_samples)
-        check_batches(len(self.loader), samples, batch_size, self.loader.drop_last)
+        _share_epoch_order(self.loader, s, int(reader.num_samples))
+        samples = len(s.subset(int(reader.num_samples)))
+        check_batches(len(self.loader), samples, s.batch_size, s.drop_last)
         self._outputs = list(self.loader.pipeline_specs)  # FFCV yields outputs in this order
         self._live: threading.Thread | None = None
 
@@ -237,5 +196,25 @@ class CoupledLoader:
         )
 
 
-def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+class _SharedOrder(TraversalOrder):
+    """FFCV traversal order that is the contract's epoch order (FFCV's own needs an
+    initialised torch.distributed for ranks and takes no subset of a rank's share)."""
+
+    def __init__(self, loader: Loader, settings: LoaderSettings, n_samples: int) -> None:
+        super().__init__(loader)
+        self.settings, self.n_samples = settings, n_samples
+
+    def sample_order(self, epoch: int) -> np.ndarray:
+        return self.settings.epoch_order(self.n_samples, epoch)
+
+
+def _share_epoch_order(loader: Loader, settings: LoaderSettings, n_samples: int) -> None:
+    """Install :class:`_SharedOrder` (FFCV's Loader accepts no custom order instance: it
+    calls it) and recompute the first epoch's order, which its ``len()`` reads."""
+    loader.traversal_order = _SharedOrder(loader, settings, n_samples)
+    loader.first_traversal_order = loader.next_traversal_order()
+
+
+def _threads(workers: int | None) -> int:
+    """FFCV's decoding threads: 2 by default, at least 1 (FFCV reads 0 as every core)."""
+    return 2 if workers is None else max(1, int(workers))

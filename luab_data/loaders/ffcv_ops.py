@@ -3,9 +3,10 @@
 FFCV's RandomResizedCrop decoder draws its crop from NumPy's global generator and does not
 expose it, and a pipeline stage has a single input, so stages cannot hand a crop to each other.
 Instead every stage *recomputes* the sample's crop from a :class:`CropPlan`: a pure function
-of (seed, epoch, sample index, stored image size) built from :mod:`luab_data.geometry`. The
-image decoder, the map and point decoders and the crop-box output all call the same compiled
-kernel with the same arguments and therefore agree, whatever order or thread FFCV runs them on.
+of (seed, epoch, sample index, stored image size) built from :mod:`luab_data.geometry` and the
+loader's :class:`~luab_data.loaders.contract.CropSettings`. The image decoder, the map and
+point decoders and the crop-box output all call the same compiled kernel with the same
+arguments and therefore agree, whatever order or thread FFCV runs them on.
 
 The plan's only runtime inputs are the epoch (set by the loader before an epoch starts) and the
 per-sample stored image sizes. Numba freezes arrays captured by a compiled function as
@@ -33,6 +34,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from luab_data import geometry as geo
+from luab_data.loaders.contract import CropSettings
 
 CROP_WIDTH = 5  # per-sample crop output: x0, y0, x1, y1, flip
 
@@ -60,39 +62,27 @@ def mirror_columns(image: np.ndarray) -> None:
 
 
 class CropPlan:
-    """The crop/flip rule of one loader, shared by all its stages.
+    """A loader's :class:`CropSettings` compiled for its FFCV stages, which all hold it.
 
     ``sizes`` holds (width, height) of every *stored* image (after FFCV's max_resolution), the
-    raster the crop is drawn on. ``train=False`` gives the validation crop (centre, no flip).
+    raster the crop is drawn on. The epoch is runtime state: :meth:`set_epoch` before an epoch.
     """
 
-    def __init__(
-        self,
-        sizes: np.ndarray,
-        *,
-        train: bool = True,
-        seed: int = 0,
-        scale: tuple[float, float] = geo.DEFAULT_SCALE,
-        ratio: tuple[float, float] = geo.DEFAULT_RATIO,
-        flip_p: float = 0.5,
-        center_ratio: float = geo.DEFAULT_CENTER_RATIO,
-    ) -> None:
+    def __init__(self, sizes: np.ndarray, settings: CropSettings = CropSettings()) -> None:
         self.sizes = np.ascontiguousarray(np.asarray(sizes).reshape(-1, 2), dtype=np.int64)
-        self._state = np.array([seed, 0], dtype=np.int64)  # (seed, epoch), read at run time
-        self.train = bool(train)
-        self.scale = (float(scale[0]), float(scale[1]))
-        self.ratio = (float(ratio[0]), float(ratio[1]))
-        self.flip_p = float(flip_p)
-        self.center_ratio = float(center_ratio)
+        self.settings = settings
+        self._state = np.array([settings.seed, 0], dtype=np.int64)  # (seed, epoch), run time
         self.crop_kernel, self.size_kernel = self._compile()
 
     @classmethod
-    def from_reader(cls, reader: Any, image_field: str = "image", **options: Any) -> CropPlan:
+    def from_reader(
+        cls, reader: Any, settings: CropSettings = CropSettings(), image_field: str = "image"
+    ) -> CropPlan:
         """Plan for a .beton: sizes come from the image field's metadata."""
         f_ix = list(reader.handlers).index(image_field)
         meta = reader.metadata[f"f{f_ix}"]
         sizes = np.stack([meta["width"], meta["height"]], axis=1)
-        return cls(sizes, **options)
+        return cls(sizes, settings)
 
     @property
     def seed(self) -> int:
@@ -115,8 +105,9 @@ class CropPlan:
     def _compile(self) -> tuple[Any, Any]:
         state_addr, sizes_addr = self._state.ctypes.data, self.sizes.ctypes.data
         n = self.sizes.shape[0]
-        train, (s_lo, s_hi), (r_lo, r_hi) = self.train, self.scale, self.ratio
-        flip_p, center_ratio = self.flip_p, self.center_ratio
+        rule = self.settings
+        train, (s_lo, s_hi), (r_lo, r_hi) = rule.train, rule.scale, rule.ratio
+        flip_p, center_ratio = rule.flip_p, rule.center_ratio
 
         @njit
         def crop_kernel(index, width, height):  # -> (top, left, h, w, flip)

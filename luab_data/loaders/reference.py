@@ -5,7 +5,9 @@ into :mod:`luab_data.geometry`) and a baseline for their speed. It reads either 
 :class:`BetonFile`, no FFCV pipeline) or Parquet records plus the image folder, rasterising
 the maps on the fly with the build's raster kernels.
 
->>> loader = ReferenceLoader("train.beton", 64, image_size=224, map_size=14, num_workers=2)
+It imports neither FFCV nor DALI: over records (a Parquet folder) it runs without FFCV.
+
+>>> loader = ReferenceLoader("train.beton", 64, image_size=224, map_size=14, workers=2)
 >>> for batch in loader:
 ...     batch.images, batch.boxes, batch.maps, batch.points, ...
 """
@@ -13,8 +15,7 @@ the maps on the fly with the build's raster kernels.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,29 +25,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from luab_data import geometry as geo
-from luab_data.loaders.beton_file import BetonFile, check_batches, is_beton
-from luab_data.loaders.beton_integrity import check_path
-from luab_data.loaders.ffcv_loader import IMAGENET_MEAN, IMAGENET_STD, Batch, FieldNames
-
-
-@dataclass(frozen=True)
-class Augment:
-    """The augmentation of a loader: what CoupledLoader takes, under the same names."""
-
-    train: bool = True
-    image_size: tuple[int, int] = (224, 224)
-    map_size: tuple[int, int] = (14, 14)
-    seed: int = 0
-    scale: tuple[float, float] = geo.DEFAULT_SCALE
-    ratio: tuple[float, float] = geo.DEFAULT_RATIO
-    flip_p: float = 0.5
-    center_ratio: float = geo.DEFAULT_CENTER_RATIO
-
-    def crop(self, width: int, height: int, epoch: int, index: int) -> tuple:
-        return geo.crop_box(width, height, self.seed, epoch, index, train=self.train,
-                            scale=self.scale, ratio=self.ratio, flip_p=self.flip_p,
-                            center_ratio=self.center_ratio)  # fmt: skip
-
+from luab_data.loaders.contract import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Batch,
+    CropSettings,
+    FieldNames,
+    LoaderSettings,
+    check_batches,
+)
 
 # ---------------------------------------------------------------- sample sources
 
@@ -55,6 +42,8 @@ class BetonSamples:
     """Per-sample fields of a .beton (images as stored: after max_resolution)."""
 
     def __init__(self, path: str | Path, names: FieldNames = FieldNames()) -> None:
+        from luab_data.beton.file import BetonFile  # imports FFCV's field types, for now
+
         self.file = BetonFile(path)
         self.names = names
         self.has_map = names.map in self.file.handlers
@@ -83,8 +72,8 @@ class RecordSamples:
     points computed per sample with the build's kernels and options (BetonOptions)."""
 
     def __init__(self, src: str | Path, images: str | Path, options: Any = None) -> None:
+        from luab_data.beton.fields import BetonOptions, label_width
         from luab_data.sources import open_source, read_records
-        from luab_data.writers.beton import BetonOptions, label_width
 
         self.table, _ = read_records(src)
         self.images = Path(images)
@@ -98,7 +87,7 @@ class RecordSamples:
 
     def _block(self, index: int) -> Any:
         """Label and byproducts of one record (the last one kept: a sample asks thrice)."""
-        from luab_data.writers.beton import block_arrays
+        from luab_data.beton.samples import block_arrays
 
         if self._cached[0] != index:
             rows = self.table.slice(index, 1)
@@ -106,7 +95,7 @@ class RecordSamples:
         return self._cached[1]
 
     def image(self, index: int) -> np.ndarray:
-        from luab_data.writers.beton import decode_rgb
+        from luab_data.beton.images import decode_rgb
 
         return decode_rgb((self.images / self.table.column("image")[index].as_py()).read_bytes())
 
@@ -133,11 +122,13 @@ def crop_image(image: np.ndarray, pixels: tuple[int, int, int, int], flip: bool,
 
 
 class ReferenceDataset(Dataset):
-    """Samples with the crop and flip of (seed, epoch, index), as dicts of arrays."""
+    """Samples with the crop and flip of (seed, epoch, index), as dicts of arrays; images
+    resized to ``image_size`` and maps to ``map_size``, both (H, W)."""
 
-    def __init__(self, samples: BetonSamples | RecordSamples, augment: Augment) -> None:
-        self.samples = samples
-        self.augment = augment
+    def __init__(self, samples: BetonSamples | RecordSamples, crop: CropSettings,
+                 image_size: tuple[int, int], map_size: tuple[int, int]) -> None:  # fmt: skip
+        self.samples, self.crop = samples, crop
+        self.image_size, self.map_size = image_size, map_size
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -146,14 +137,14 @@ class ReferenceDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         image = self.samples.image(index)
         height, width = image.shape[:2]
-        pixels, box, flip = self.augment.crop(width, height, self.epoch, index)
-        out = {"image": crop_image(image, pixels, flip, self.augment.image_size),
+        pixels, box, flip = self.crop.crop(width, height, self.epoch, index)
+        out = {"image": crop_image(image, pixels, flip, self.image_size),
                "label": self.samples.label(index), "box": np.asarray(box, np.float32),
                "flip": flip, "index": index}  # fmt: skip
         amap = self.samples.amap(index)
         if amap is not None:
             scale = 1.0 / 255.0 if amap.dtype == np.uint8 else 1.0
-            out["map"] = geo.crop_map(amap, box, flip, self.augment.map_size, scale)
+            out["map"] = geo.crop_map(amap, box, flip, self.map_size, scale)
         points = self.samples.points(index)
         if points is not None:
             target, weight = geo.transform_points(points, box, flip)
@@ -175,16 +166,19 @@ def collate(samples: list[dict[str, Any]], squeeze_points: bool = False) -> dict
 # ---------------------------------------------------------------- the loader
 
 
-def _open_samples(src: str | Path, names: FieldNames, images: str | Path | None,
+def _open_samples(src: str | Path, settings: LoaderSettings, images: str | Path | None,
                   options: Any) -> BetonSamples | RecordSamples:  # fmt: skip
     """A .beton (by name or content), else records/Parquet; one clear ValueError or
-    FileNotFoundError for anything else."""
+    FileNotFoundError for anything else. A folder is records: no .beton reader (nor FFCV)."""
     from luab_data.sources import SourceError
 
     if not Path(src).is_dir():
+        from luab_data.beton.file import is_beton
+        from luab_data.beton.integrity import check_path
+
         check_path(src)
-    if is_beton(src):
-        return BetonSamples(src, names)
+        if is_beton(src):
+            return BetonSamples(src, settings.field_names(src))
     try:
         return RecordSamples(src, images, options)
     except SourceError as err:
@@ -194,50 +188,34 @@ def _open_samples(src: str | Path, names: FieldNames, images: str | Path | None,
 class ReferenceLoader:
     """torch DataLoader over a ReferenceDataset that yields the batch contract.
 
-    Options mirror CoupledLoader: ``train``, ``image_size``, ``map_size``, ``seed``, ``scale``,
-    ``ratio``, ``flip_p``, ``center_ratio``; ``order`` 'random' or 'sequential' (the shuffle is
-    a function of (seed, epoch)); ``indices`` a subset; ``distributed`` gives rank r of world
-    size w every w-th sample of the epoch's order; ``device`` moves batches there (pinned,
-    non-blocking) and ``normalize`` then gives float images computed on it.
-    ``src`` is a .beton, or records/Parquet with ``images`` (the folder of the JPEGs).
+    Knobs: :class:`~luab_data.loaders.contract.LoaderSettings`, as the FFCV and DALI loaders
+    take them; ``workers`` are DataLoader worker processes (default 2; 0: in this process).
+    The epoch order is the contract's ``epoch_order``. ``device`` moves batches there
+    (pinned, non-blocking) and ``normalize`` then gives float images computed on it.
+    ``src`` is a .beton, or records/Parquet with the extras ``images`` (the folder of the
+    JPEGs) and ``options`` (the BetonOptions that rasterise maps and points on the fly).
     """
+
+    EXTRAS = ("images", "options")
 
     def __init__(
         self,
         src: str | Path,
         batch_size: int,
         *,
-        train: bool = True,
-        image_size: int | tuple[int, int] = 224,
-        map_size: int | tuple[int, int] = (14, 14),
-        seed: int = 0,
-        scale: tuple[float, float] = geo.DEFAULT_SCALE,
-        ratio: tuple[float, float] = geo.DEFAULT_RATIO,
-        flip_p: float = 0.5,
-        center_ratio: float = geo.DEFAULT_CENTER_RATIO,
-        order: str | None = None,
-        num_workers: int = 2,
-        indices: Sequence[int] | None = None,
-        drop_last: bool | None = None,
-        normalize: bool = False,
-        distributed: bool = False,
-        device: torch.device | str | None = None,
-        names: FieldNames = FieldNames(),
         images: str | Path | None = None,
         options: Any = None,
-        **ignored: Any,  # FFCV-only settings of a recipe (os_cache, batches_ahead, ...)
+        **knobs: Any,
     ) -> None:
-        samples = _open_samples(src, names, images, options)
-        augment = Augment(train, _pair(image_size), _pair(map_size), seed, tuple(scale),
-                          tuple(ratio), flip_p, center_ratio)  # fmt: skip
-        self.dataset = ReferenceDataset(samples, augment)
-        self.batch_size, self.num_workers, self.normalize = batch_size, num_workers, normalize
-        self.order = order or ("random" if train else "sequential")
-        self.indices = np.arange(len(samples)) if indices is None else np.asarray(indices)
-        self.drop_last = train if drop_last is None else drop_last
-        check_batches(len(self), len(self.indices), batch_size, self.drop_last)
-        self.distributed = distributed
-        self.device = None if device is None else torch.device(device)
+        s = LoaderSettings.of(type(self).__name__, {"batch_size": batch_size, **knobs},
+                              self.EXTRAS)  # fmt: skip
+        samples = _open_samples(src, s, images, options)
+        self.settings = s
+        self.dataset = ReferenceDataset(samples, s.crop, s.image_size, s.map_size)
+        self.workers = 2 if s.workers is None else int(s.workers)
+        self.n_samples = len(samples)
+        check_batches(len(self), len(s.subset(self.n_samples)), s.batch_size, s.drop_last)
+        self.device = s.torch_device()
         point_shape = samples.points(0).shape if samples.has_point else None
         self._squeeze = point_shape == (2,)
         self.next_epoch = 0
@@ -250,30 +228,20 @@ class ReferenceLoader:
         self.next_epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.indices)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def _order(self, epoch: int) -> np.ndarray:
-        order = self.indices
-        if self.order != "sequential":
-            order = np.random.default_rng([self.dataset.augment.seed, epoch]).permutation(order)
-        if self.distributed:  # every rank draws the same permutation and takes its share
-            import torch.distributed as dist
-
-            order = order[dist.get_rank() :: dist.get_world_size()]
-        return order
+        return self.settings.batches_per_epoch(self.n_samples)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
         self.dataset.epoch = epoch  # forked workers copy the dataset when the epoch starts
         pin = self.device is not None and self.device.type == "cuda"
-        if self.num_workers:
+        if self.workers:
             # The workers are forked: garbage left now (a DALI pipeline, say) would be
             # finalised inside them, where its threads do not exist, and hang.
             gc.collect()
-        loader = DataLoader(self.dataset, self.batch_size, sampler=self._order(epoch).tolist(),
-                            num_workers=self.num_workers, drop_last=self.drop_last,
-                            collate_fn=self._collate, pin_memory=pin)  # fmt: skip
+        order = self.settings.epoch_order(self.n_samples, epoch).tolist()
+        loader = DataLoader(self.dataset, self.settings.batch_size, sampler=order,
+                            num_workers=self.workers, collate_fn=self._collate,
+                            pin_memory=pin)  # fmt: skip
         return (self._batch(b) for b in loader)
 
     def _collate(self, samples: list[dict]) -> dict:
@@ -283,10 +251,8 @@ class ReferenceLoader:
         if self.device is not None:
             b = {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
         images = b["image"].permute(0, 3, 1, 2)  # NHWC memory: channels-last, as FFCV's
-        if self.normalize:
-            mean = torch.tensor(IMAGENET_MEAN, device=images.device).reshape(1, 3, 1, 1)
-            std = torch.tensor(IMAGENET_STD, device=images.device).reshape(1, 3, 1, 1)
-            images = ((images.float() - mean) / std).contiguous(memory_format=torch.channels_last)
+        if self.settings.normalize:
+            images = normalize(images, self.settings.dtype())
         point = b.get("point")
         return Batch(
             images=images,
@@ -300,5 +266,9 @@ class ReferenceLoader:
         )
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+def normalize(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> (x - mean) / std as ``dtype``, channels-last, on their device."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).reshape(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).reshape(1, 3, 1, 1)
+    out = ((images.float() - mean) / std).to(dtype)
+    return out.contiguous(memory_format=torch.channels_last)
