@@ -91,7 +91,7 @@ def write_synthetic(path: Path, n: int, size_range: tuple[int, int], workers: in
 
 def make_loaders(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The contenders, all yielding the same batches of the same samples."""
-    from luab_data.loaders.beton_file import field_names
+    from luab_data.loaders.contract import field_names
     from luab_data.loaders.dali_loader import make_dali_loader
     from luab_data.loaders.ffcv_loader import CoupledLoader
 

@@ -118,7 +118,8 @@ def _plain_write(sample: Path, out: Path, workers: int) -> float:
 
 def jpeg_share(path: Path) -> float:
     """Share of images stored as JPEG (the rest raw): JPEG encoding is most of packing's work."""
-    from luab_data.loaders.beton_file import JPEG_MODE, BetonFile
+    from luab_data.beton.fields import JPEG_MODE
+    from luab_data.beton.file import BetonFile
 
     return float((BetonFile(path).metadata("image")["mode"] == JPEG_MODE).mean())
 

@@ -466,7 +466,7 @@ def plain_ffcv(path: Path, plan: Plan, res: int):
 
 
 def coupled(path: Path, plan: Plan, res: int, **kw):
-    from luab_data.loaders.beton_file import field_names
+    from luab_data.loaders.contract import field_names
     from luab_data.loaders.ffcv_loader import CoupledLoader
 
     return CoupledLoader(path, plan.batch, image_size=res, map_size=plan.map_size,

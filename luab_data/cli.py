@@ -11,6 +11,7 @@ import click
 from luab_data import __version__, bench
 from luab_data.build import build_parquet
 from luab_data.ingest import StrictError, Summary, iterate, resolve_images
+from luab_data.recipes import load_recipe
 from luab_data.sources import KINDS, SourceError, detect_kind, open_source, read_class_file
 from luab_data.sources.coco_ab import POLICIES
 from luab_data.sources.interchange import write_interchange
@@ -19,7 +20,6 @@ from luab_data.stats import collect, format_summary
 from luab_data.writers.atomic import atomic_path
 from luab_data.writers.beton_cli import (
     beton_build_options,
-    load_recipe,
     output_format,
     run_beton_build,
 )

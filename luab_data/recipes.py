@@ -11,8 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from luab_data.beton.fields import BetonOptions
 from luab_data.raster import RasterConfig
-from luab_data.writers.beton import BetonOptions
 
 # package data, so that an installed wheel finds them too; pipelines/train/ holds the trainer's
 RECIPES_DIR = Path(__file__).resolve().parent / "pipelines"

@@ -96,9 +96,9 @@ def show_grid(path: str | Path, out: str | Path, *, n: int = 16, cols: int = 4,
     """Write a PNG grid of `n` augmented samples of a .beton; returns its path."""
     import cv2
 
-    from luab_data.loaders.beton_file import field_names
+    from luab_data.beton.manifest import read_manifest
+    from luab_data.loaders.contract import field_names
     from luab_data.loaders.reference import Augment, BetonSamples, ReferenceDataset
-    from luab_data.writers.beton import read_manifest
 
     manifest = _manifest_or_empty(path, read_manifest)
     classes = manifest.get("metadata", {}).get("classes", [])

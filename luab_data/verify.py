@@ -91,7 +91,8 @@ def _difference(want: np.ndarray, got: np.ndarray) -> str:
 def check_block(report: Report, beton, batch: pa.RecordBatch, positions: list[int],
                 options, n_labels: int) -> None:  # fmt: skip
     """Compare one batch of source records with the samples at `positions` of the file."""
-    from luab_data.writers.beton import INDEX, LABEL, LABELS, MAP, POINT, SIZE, TRACE, block_arrays
+    from luab_data.beton.fields import INDEX, LABEL, LABELS, MAP, POINT, SIZE, TRACE
+    from luab_data.beton.samples import block_arrays
 
     block = block_arrays(batch, 0, options, n_labels)
     keys = batch.column("key").to_pylist()
@@ -111,7 +112,7 @@ def check_images(report: Report, beton, batch: pa.RecordBatch, images: Path,
     """The source image's header passes the build's checks (pixel limit, record's size) and
     the stored size is FFCV's resize of the declared one (nothing is decoded, whatever the
     header says); optionally decode each stored image."""
-    from luab_data.writers.image_check import declared_size, read_image, size_problem
+    from luab_data.beton.images import declared_size, read_image, size_problem
 
     stored = beton.image_size()
     columns = [batch.column(c).to_pylist() for c in ("key", "image", "width", "height")]
@@ -153,7 +154,7 @@ def _source_batches(source, shard, quiet: bool, rejected: set) -> Iterator[pa.Re
 
 
 def _manifest(path: Path) -> dict:
-    from luab_data.writers.beton import manifest_path
+    from luab_data.beton.paths import manifest_path
 
     where = manifest_path(path)
     if not where.is_file():
@@ -170,8 +171,8 @@ def _manifest(path: Path) -> dict:
 def check_bytes(path: Path, manifest: dict) -> tuple[Report, Any]:
     """Size and checksums against the manifest: a report naming the damaged samples, or
     VerifyError when the header or tables are damaged (nothing in the file can be trusted)."""
-    from luab_data.loaders.beton_file import BetonFile
-    from luab_data.loaders.beton_integrity import check_integrity
+    from luab_data.beton.file import BetonFile
+    from luab_data.beton.integrity import check_integrity
 
     found = check_integrity(path, manifest)
     if found.fatal:
@@ -195,9 +196,11 @@ def verify_beton(path: str | Path, src: str | Path | None = None, *,
     """Check the bytes of a .beton, then (with `src`) every sample against its source; see
     the module docstring. VerifyError (a ValueError) or FileNotFoundError when the file
     cannot be read at all."""
+    from luab_data.beton.fields import BetonOptions, label_width
+    from luab_data.beton.integrity import check_path
+    from luab_data.beton.manifest import describe_source
+    from luab_data.beton.paths import rejects_path
     from luab_data.ingest import resolve_images
-    from luab_data.loaders.beton_integrity import check_path
-    from luab_data.writers.beton import BetonOptions, describe_source, label_width, rejects_path
 
     path = check_path(path)
     manifest = _manifest(path)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from luab_data.beton.fields import BetonOptions
 from luab_data.raster import RasterConfig
 from luab_data.sample import SampleSpec, generate_sample
 from luab_data.sources import open_source
-from luab_data.writers.beton import BetonOptions, build_beton
+from luab_data.writers.beton import build_beton
 
 N_RECORDS = 60
 # long side 128 px: part of the sample's 64-200 px images are resized on the way in

@@ -12,8 +12,8 @@ import os
 import sys
 import time
 
+from luab_data.beton.samples import Block, PackSamples
 from luab_data.writers import beton as beton_writer
-from luab_data.writers.beton import PackSamples
 
 
 class DyingSamples(PackSamples):
@@ -28,7 +28,7 @@ class DyingSamples(PackSamples):
 class FailingBlocks(PackSamples):
     """Computing a block of byproducts raises, in the workers and in the parent alike."""
 
-    def block(self, index: int) -> beton_writer.Block:
+    def block(self, index: int) -> Block:
         raise ZeroDivisionError("planted")
 
 

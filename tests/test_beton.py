@@ -17,20 +17,18 @@ import pytest
 from beton_fixtures import OPTIONS, built, sample_dir, source_path
 from click.testing import CliRunner
 
+from luab_data.beton.fields import JPEG_MODE, BetonOptions
+from luab_data.beton.file import BetonFile
+from luab_data.beton.manifest import read_manifest
+from luab_data.beton.paths import manifest_path, rejects_path
+from luab_data.beton.samples import proportion_jpeg
 from luab_data.cli import main
-from luab_data.loaders.beton_file import JPEG_MODE, BetonFile, field_names
+from luab_data.loaders.contract import field_names
 from luab_data.raster import fixed_arrays, rasterise_batch
 from luab_data.sources import open_source, read_records
 from luab_data.sources.interchange import write_interchange
 from luab_data.verify import verify_beton
-from luab_data.writers.beton import (
-    BetonOptions,
-    build_beton,
-    manifest_path,
-    proportion_jpeg,
-    read_manifest,
-    rejects_path,
-)
+from luab_data.writers.beton import build_beton
 
 KINDS = ("imagenet-ab", "coco-ab")
 

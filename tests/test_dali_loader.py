@@ -18,6 +18,8 @@ pytest.importorskip("ffcv")
 from ffcv.fields import IntField, RGBImageField  # noqa: E402
 
 from luab_data import geometry as geo  # noqa: E402
+from luab_data.beton.batch_file import BatchBetonFile  # noqa: E402
+from luab_data.beton.fields import JPEG_MODE, RAW_MODE  # noqa: E402
 from luab_data.loaders.alignment import (  # noqa: E402
     augment_and_measure,
     batch_arrays,
@@ -28,7 +30,6 @@ from luab_data.loaders.alignment import (  # noqa: E402
     marker_position,
     write_marked_beton,
 )
-from luab_data.loaders.beton_reader import JPEG_MODE, RAW_MODE, BatchBetonFile  # noqa: E402
 from luab_data.loaders.dali_loader import (  # noqa: E402
     BetonBatchSource,
     CropRule,

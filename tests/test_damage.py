@@ -21,10 +21,12 @@ import pytest
 from beton_fixtures import built, source_path
 from click.testing import CliRunner
 
+from luab_data.beton.fields import JPEG_MODE, RAW_MODE
+from luab_data.beton.file import BetonFile
+from luab_data.beton.integrity import BetonError, check_beton
+from luab_data.beton.manifest import read_manifest
+from luab_data.beton.paths import manifest_path, rejects_path
 from luab_data.cli import main
-from luab_data.loaders.beton_file import JPEG_MODE, RAW_MODE, BetonFile, check_beton
-from luab_data.loaders.beton_integrity import BetonError
-from luab_data.writers.beton import manifest_path, read_manifest, rejects_path
 
 KIND = "imagenet-ab"
 FLIP = 64

@@ -23,13 +23,15 @@ import pytest
 from beton_fixtures import OPTIONS, built, sample_dir, source_path
 from click.testing import CliRunner
 
+from luab_data.beton.images import ImageProblem, declared_size, size_problem
+from luab_data.beton.manifest import read_manifest
+from luab_data.beton.paths import manifest_path, rejects_path
 from luab_data.cli import main
 from luab_data.ingest import NothingKept
 from luab_data.sources import open_source, read_records
 from luab_data.sources.interchange import write_interchange
 from luab_data.verify import verify_beton
-from luab_data.writers.beton import build_beton, manifest_path, read_manifest, rejects_path
-from luab_data.writers.image_check import ImageProblem, declared_size, size_problem
+from luab_data.writers.beton import build_beton
 
 MAX_PIXELS = 100_000_000
 BOMB_SIDE = 30_000  # 900 M pixels: 2.7 GB of pixels if it were decoded

@@ -17,13 +17,14 @@ import torch
 from beton_fixtures import OPTIONS, built, sample_dir, source_path
 
 from luab_data import geometry as geo
+from luab_data.beton.file import BetonFile
 from luab_data.loaders.alignment import (
     map_peak,
     marker_clear_of_edges,
     marker_position,
     write_marked_beton,
 )
-from luab_data.loaders.beton_file import BetonFile, field_names
+from luab_data.loaders.contract import field_names
 from luab_data.loaders.reference import (
     Augment,
     BetonSamples,

@@ -7,15 +7,16 @@ from typing import Any
 
 import click
 
+from luab_data.beton.fields import WRITE_MODES, label_width
 from luab_data.ingest import Summary, resolve_images
-from luab_data.recipes import beton_options, load_recipe
+from luab_data.recipes import beton_options
 from luab_data.sources import detect_kind, open_source, read_class_file
 from luab_data.sources.interchange import RECORDS
 from luab_data.sources.parquet import PARQUET
 from luab_data.sources.sharding import parse_shard
-from luab_data.writers.beton import WRITE_MODES, build_beton, label_width
+from luab_data.writers.beton import build_beton
 
-__all__ = ["beton_build_options", "load_recipe", "output_format", "run_beton_build"]
+__all__ = ["beton_build_options", "output_format", "run_beton_build"]
 
 
 def _map_size(ctx, param, value: str | None) -> tuple[int, int] | None:

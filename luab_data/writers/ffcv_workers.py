@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 # Imported into the forkserver once, so that forking a worker costs no imports.
-_PRELOAD = ["luab_data.writers.beton", "luab_data.raster", "ffcv.writer", "ffcv.fields"]
+_PRELOAD = ["luab_data.beton.samples", "luab_data.raster", "ffcv.writer", "ffcv.fields"]
 _POLL_S = 0.1
 _REAP_S = 5.0
 

@@ -5,6 +5,7 @@ allocate; a few bytes can declare 30000 x 30000 (2.7 GB of RGB). The packer chec
 size against a pixel limit and against the record's original size before decoding, so its
 memory stays bounded whatever the files say, and a file that is not the record's image (twice
 its size, another picture) is rejected instead of being packed under wrong coordinates.
+Only then is it decoded (`decode_rgb`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+
+import cv2
+import numpy as np
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 10000 x 10000; ImageNet's largest is ~32 M pixels
 DEFAULT_SIZE_TOLERANCE = 0.05  # relative, per side, plus SIZE_SLACK_PX
@@ -129,3 +133,13 @@ def check_image(data: bytes, record: tuple[int, int] | None, max_pixels: int,
     if problem:
         raise ImageProblem(problem)
     return declared
+
+
+def decode_rgb(data: bytes | np.ndarray) -> np.ndarray:
+    """JPEG (or any format OpenCV reads: ImageNet has a few PNG and CMYK files) -> RGB.
+    EXIF orientation is ignored, as PIL (torchvision's ImageFolder, ffcv-imagenet) does."""
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if bgr is None:
+        raise ImageProblem("the image does not decode")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: one image-sized buffer

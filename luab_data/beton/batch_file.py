@@ -1,6 +1,6 @@
-"""Whole-batch reads of a .beton for the DALI source, on top of :mod:`beton_file`.
+"""Whole-batch reads of a .beton for the DALI source, on top of :mod:`luab_data.beton.file`.
 
-``beton_file.BetonFile`` reads one sample at a time (a structured-record lookup and a binary
+``BetonFile`` reads one sample at a time (a structured-record lookup and a binary
 search per call, ~9 µs a sample). The DALI source asks for whole batches on the consumer's
 thread, so this subclass looks every image's offset and byte length up once, then serves a
 batch with plain slices (JPEG streams) and one compiled copy per field (NDArrayField values),
@@ -21,9 +21,9 @@ import numpy as np
 from ffcv.fields import FloatField, IntField, NDArrayField, RGBImageField
 from numba import njit
 
-from luab_data.loaders.beton_file import JPEG_MODE, RAW_MODE, BetonFile
+from luab_data.beton.file import BetonFile
 
-__all__ = ["JPEG_MODE", "RAW_MODE", "BatchBetonFile", "ImageTable", "gather_regions"]
+__all__ = ["BatchBetonFile", "ImageTable", "gather_regions"]
 
 
 @dataclass(frozen=True)

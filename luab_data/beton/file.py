@@ -3,27 +3,22 @@
 FFCV's Loader compiles a pipeline per construction (seconds) and hangs on errors; reading a
 field of one sample needs only the file's metadata table and allocation table. The reference
 loader, `verify`, `show`, the tests and the DALI bridge read samples this way. Opening checks
-the file's structure and size first (`beton_integrity.check_beton`): a missing, foreign,
+the file's structure and size first (`integrity.check_beton`): a missing, foreign,
 truncated or damaged file is one `FileNotFoundError` or `BetonError` (a ValueError).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 from ffcv.fields import IntField, NDArrayField, RGBImageField
 
-from luab_data.loaders.beton_integrity import BetonError, check_beton
+from luab_data.beton.fields import RAW_MODE
+from luab_data.beton.integrity import check_beton
 
-__all__ = [
-    "JPEG_MODE", "RAW_MODE", "BetonError", "BetonFile", "check_batches", "check_beton",
-    "field_names", "is_beton",
-]  # fmt: skip
-
-JPEG_MODE, RAW_MODE = 0, 1  # FFCV's IMAGE_MODES
+__all__ = ["BetonFile", "is_beton"]
 
 
 class BetonFile:
@@ -97,19 +92,6 @@ class BetonFile:
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def field_names(path: str | Path) -> Any:
-    """The loaders' FieldNames for a .beton written by luab-data (COCO-AB's label field is
-    the multi-hot `labels`; a build without byproducts has no map or point)."""
-    from luab_data.loaders.ffcv_loader import FieldNames
-
-    handlers = check_beton(path).handlers
-    return FieldNames(
-        label="labels" if "labels" in handlers else "label",
-        map="map" if "map" in handlers else None,
-        point="point" if "point" in handlers else None,
-    )
-
-
 def is_beton(path: str | Path) -> bool:
     """A .beton by name, or an existing file that starts like one (FFCV format version 2)."""
     path = Path(path)
@@ -119,18 +101,3 @@ def is_beton(path: str | Path) -> bool:
         return False
     with open(path, "rb") as f:
         return f.read(2) == b"\x02\x00"
-
-
-def check_batches(n_batches: int, samples: int, batch_size: int, drop_last: bool) -> None:
-    """A loader that would yield no batch at all is an error, not a silent empty epoch."""
-    if n_batches > 0:
-        return
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if samples == 0:
-        raise ValueError("no samples to load (an empty file or an empty list of indices)")
-    if drop_last:
-        raise ValueError(f"batch_size {batch_size:,} exceeds the {samples:,} samples: in "
-                         "training mode (drop_last) no batch would come out; lower batch_size "
-                         "or pass drop_last=False")  # fmt: skip
-    raise ValueError(f"no batch of {batch_size:,} from {samples:,} samples")

@@ -40,6 +40,8 @@ from ffcv.types import (
     get_metadata_type,
 )
 
+from luab_data.beton.paths import manifest_path
+
 MAX_FIELDS = 256
 MIN_PAGE, MAX_PAGE = 1 << 12, 1 << 32
 CHUNK = 8 << 20  # bytes hashed per read
@@ -63,10 +65,6 @@ class Layout:
     handlers: dict[str, Any]
     metadata: np.ndarray
     alloc_table: np.ndarray = field(repr=False)
-
-
-def manifest_beside(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
 
 
 def check_path(path: str | Path) -> Path:
@@ -117,7 +115,7 @@ def check_beton(path: str | Path, manifest: dict | None = None) -> Layout:
 
 def _check_manifest_size(path: Path, size: int, manifest: dict | None) -> None:
     if manifest is None:
-        beside = manifest_beside(path)
+        beside = manifest_path(path)
         if not beside.is_file():
             return
         try:
