@@ -269,8 +269,8 @@ def inspect_cmd(path, kind, as_json, quiet):
     "--out",
     type=click.Path(dir_okay=False),
     default=None,
-    help="JSON report (a PNG chart is written beside it). "
-    "Default: benchmarks/results/bench[-quick].json",
+    help="JSON report (a PNG chart is written beside it). Default: out/bench[-quick].json "
+    "(the recorded results in benchmarks/results/ are only replaced when named here).",
 )
 def bench_cmd(stages, quick, data, out):
     """Measure every stage beside its baselines, in one process, and print the ratios.
@@ -282,7 +282,7 @@ def bench_cmd(stages, quick, data, out):
     if unknown:
         raise click.UsageError(f"unknown stages {unknown}; choose from {', '.join(bench.STAGES)}")
     report = bench.run_bench(chosen, quick, Path(data), echo=click.echo)
-    default = bench.benchmarks_dir() / "results" / ("bench-quick.json" if quick else "bench.json")
+    default = Path("out") / ("bench-quick.json" if quick else "bench.json")
     json_path, png = bench.save(report, Path(out) if out else default)
     click.echo(bench.table(report))
     click.echo(f"wrote {json_path} and {png}")
