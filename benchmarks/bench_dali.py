@@ -75,7 +75,7 @@ class _Synthetic:
 def write_synthetic(path: Path, n: int, size_range: tuple[int, int], workers: int) -> None:
     from ffcv.fields import IntField, NDArrayField, RGBImageField
 
-    from luab_data.writers.ffcv_workers import plain_ffcv_write
+    from luab_data.beton.ffcv_workers import plain_ffcv_write
 
     fields = {
         "image": RGBImageField(write_mode="jpg", jpeg_quality=90),

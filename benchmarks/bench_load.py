@@ -106,7 +106,7 @@ class _Folder:
 def _plain_write(sample: Path, out: Path, workers: int) -> float:
     from ffcv.fields import IntField, RGBImageField
 
-    from luab_data.writers.ffcv_workers import plain_ffcv_write
+    from luab_data.beton.ffcv_workers import plain_ffcv_write
 
     fields = {"image": RGBImageField(write_mode="proportion", max_resolution=500,
                                      compress_probability=0.5, jpeg_quality=90),

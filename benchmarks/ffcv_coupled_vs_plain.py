@@ -22,8 +22,8 @@ from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
 
+from luab_data.beton.ffcv_workers import plain_ffcv_write
 from luab_data.loaders.ffcv_loader import CoupledLoader, FieldNames
-from luab_data.writers.ffcv_workers import plain_ffcv_write
 
 
 class _Synthetic:

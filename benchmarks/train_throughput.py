@@ -61,7 +61,7 @@ class PhotoLike:
 def write_beton(path: Path, n: int, workers: int) -> None:
     from ffcv.fields import IntField, NDArrayField, RGBImageField
 
-    from luab_data.writers.ffcv_workers import plain_ffcv_write
+    from luab_data.beton.ffcv_workers import plain_ffcv_write
 
     fields = {
         "image": RGBImageField(write_mode="jpg", jpeg_quality=90, max_resolution=500),

@@ -19,6 +19,7 @@ from ffcv.fields import IntField, RGBImageField  # noqa: E402
 
 from luab_data import geometry as geo  # noqa: E402
 from luab_data.beton.batch_file import BatchBetonFile  # noqa: E402
+from luab_data.beton.ffcv_workers import write_indexed  # noqa: E402
 from luab_data.beton.fields import JPEG_MODE, RAW_MODE  # noqa: E402
 from luab_data.loaders.alignment import (  # noqa: E402
     augment_and_measure,
@@ -41,7 +42,6 @@ from luab_data.loaders.ffcv_loader import (  # noqa: E402
     CoupledLoader,
     FieldNames,
 )
-from luab_data.writers.ffcv_workers import write_indexed  # noqa: E402
 
 N_SAMPLES = 128
 ABSENT_EVERY = 9

@@ -19,11 +19,11 @@ import pytest
 from beton_fixtures import OPTIONS, sample_dir, source_path
 from fault_plants import DyingSamples, FailingBlocks, ModulesSeen, plant
 
+from luab_data.beton.ffcv_workers import WriterProcessDied
 from luab_data.beton.paths import manifest_path
 from luab_data.sources import open_source
 from luab_data.writers import beton as beton_writer
 from luab_data.writers.beton import build_beton
-from luab_data.writers.ffcv_workers import WriterProcessDied
 
 PLANTS = Path(__file__).with_name("fault_plants.py")
 

@@ -129,7 +129,7 @@ def write_marked_beton(
     map (uint8 (2, *map_shape)), point ((2,) float32) and, if asked, points ((3, 2))."""
     from ffcv.fields import IntField, NDArrayField, RGBImageField
 
-    from luab_data.writers.ffcv_workers import write_indexed
+    from luab_data.beton.ffcv_workers import write_indexed
 
     samples = [marked_sample(i, map_shape, absent_every=absent_every) for i in range(n)]
     fields = {

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from luab_data import __version__
+from luab_data.beton.ffcv_workers import prestart, write_indexed
 from luab_data.beton.fields import BetonOptions, label_width, make_fields
 from luab_data.beton.manifest import make_manifest
 from luab_data.beton.paths import beton_path, manifest_path, rejects_path
@@ -30,7 +31,6 @@ from luab_data.records import Reject
 from luab_data.records.schema import FORMAT_VERSION
 from luab_data.sources import Source
 from luab_data.writers.atomic import write_json_atomic
-from luab_data.writers.ffcv_workers import prestart, write_indexed
 
 _SPILL_COLUMNS = (
     "key", "image", "label", "labels", "width", "height", "point_x", "point_y",
