@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `train` is not installed
 
-from luab_data.loaders.ffcv_loader import Batch  # noqa: E402
+from luab_data.loaders.contract import Batch  # noqa: E402
 from train import fast_train as ft  # noqa: E402
-from train.data import FolderSplit, SyntheticLoader  # noqa: E402
+from train.data import FolderSplit, SyntheticLoader, json_member  # noqa: E402
 from train.models import BasicBlock, LuabNet, ResNet  # noqa: E402
 
 RES, CLASSES = 32, 5
@@ -249,3 +249,78 @@ def test_folder_split_multi_hot_for_coco(tmp_path: Path) -> None:
     for row, hot in zip(rows, split.labels, strict=True):
         assert hot[coco_of[int(row.split(",")[3])]] == 1  # the 'class' column: main object
         assert 1 <= int(hot.sum()) <= 10
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def _fails(capsys, argv: list[str]) -> str:
+    """Run the trainer's entry point; return its one-line error (it must exit 2 or say so)."""
+    with pytest.raises(SystemExit) as caught:
+        ft.main(argv)
+    err = capsys.readouterr().err.strip() or str(caught.value.code)
+    assert caught.value.code != 0 and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--amp", "bf61"], "argument --amp: invalid choice: 'bf61'"),
+    (["--loader", "tf"], "argument --loader: invalid choice: 'tf'"),
+    (["--point-loss", "l3"], "argument --point-loss: invalid choice"),
+    (["--att-loss", "mse"], "argument --att-loss: invalid choice"),
+    (["--channels-last", "yes"], "argument --channels-last: invalid choice"),
+    (["--model", "resnet51"], "argument --model: 'resnet51': choose from"),
+    (["--model", "timm:"], "argument --model: 'timm:'"),
+])  # fmt: skip
+def test_string_options_are_validated(capsys, argv, says) -> None:
+    assert says in _fails(capsys, ["--synthetic", *argv])
+
+
+def test_choices_from_a_config_file_are_validated(capsys, tmp_path: Path) -> None:
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"amp": "bf61"}))
+    assert "amp 'bf61' (from --config): choose from auto, bf16, off" in _fails(
+        capsys, ["--config", str(config), "--synthetic"]
+    )
+
+
+def test_a_missing_train_file_is_one_line(capsys, tmp_path: Path) -> None:
+    assert "--train is required" in _fails(capsys, ["--out", str(tmp_path)])
+    missing = tmp_path / "absent.beton"
+    assert f"{missing}: no such file" in _fails(capsys, ["--train", str(missing)])
+    assert not (tmp_path / "metrics.jsonl").exists()  # nothing built before the check
+
+
+def test_class_names_come_from_the_manifest_head(tmp_path: Path) -> None:
+    """Only the manifest's ``metadata`` member is parsed: a manifest whose ``keys`` list is
+    cut short (unreadable as a whole) still gives the class names."""
+    beton = tmp_path / "train.beton"
+    beton.write_bytes(b"")
+    head = {"format": "luab-beton", "checksums": {"samples_crc32": "A" * 200_000},
+            "metadata": {"classes": ["n01", "n02", "n03"], "source_kind": "imagenet-ab"}}
+    text = json.dumps(head, indent=2)[:-2] + ',\n  "keys": ["k0", "k1", "k2'  # cut
+    (tmp_path / "train.beton.json").write_text(text)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+    assert ft.train_classes(_cfg(train=str(beton))) == ["n01", "n02", "n03"]
+    with pytest.raises(ValueError):  # a member after metadata would need the cut part
+        json_member(tmp_path / "train.beton.json", "absent", chunk=64)
+
+
+def test_timm_backbone_trains_one_step() -> None:
+    """``--model timm:resnet18``: a timm trunk under the LUAB heads takes one SGD step on
+    synthetic input with every loss term, and the step moves the weights."""
+    pytest.importorskip("timm")
+    cfg = _cfg(model="timm:resnet18", lam=1.0, mu=1.0, momentum=0.0, weight_decay=0.0)
+    torch.manual_seed(0)
+    net = ft.build_model(cfg, INFO)
+    assert net.stride == 32
+    loader = SyntheticLoader(4, 64, num_classes=CLASSES, map_size=(2, 2), seed=0, steps=1,
+                             n_distinct=1)  # fmt: skip
+    opt = ft.make_optimizer(net, cfg)
+    before = [p.detach().clone() for p in net.parameters()]
+    terms = ft.train_step(net, opt, next(iter(loader)), cfg, INFO, RT, lr=0.01)
+    assert set(terms) == {"ce", "point", "attention", "loss"}
+    assert all(torch.isfinite(v) for v in terms.values())
+    moved = [not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True)]
+    assert sum(moved) > len(moved) // 2

@@ -38,7 +38,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -49,23 +49,26 @@ from torch import nn
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from luab_data.loaders.ffcv_loader import (  # noqa: E402
+from luab_data.loaders.contract import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
     Batch,
     FieldNames,
+    make_loader,
 )
-from train.data import FolderSplit, SyntheticLoader  # noqa: E402
-from train.models import LuabNet, make_backbone  # noqa: E402
+from train.data import FolderSplit, SyntheticLoader, json_member  # noqa: E402
+from train.models import BACKBONES, LuabNet, make_backbone  # noqa: E402
 
 # ============================================================================== configuration
 
 
-def _opt(default: Any, help: str) -> Any:
-    """A config field with its --help text (lists need a factory)."""
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field with its --help text and, for a string option, its valid values (lists
+    need a factory)."""
+    meta = {"help": help, "choices": choices}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -73,7 +76,8 @@ class Config:
     # data
     train: str = _opt("", "training .beton (image, label, map, point fields)")
     val: list = _opt([], "[name=]path, repeatable: a sample split folder (labels.csv) or a .beton")
-    loader: str = _opt("ffcv", "training loader: ffcv | dali | torch")
+    loader: str = _opt("ffcv", "loader of .beton files (training and evaluation)",
+                       ("ffcv", "dali", "torch"))
     synthetic: bool = _opt(False, "random device-resident batches instead of --train (ceiling)")
     synthetic_steps: int = _opt(100, "steps per epoch with --synthetic")
     num_classes: int = _opt(0, "0: from the data (1000 with --synthetic)")
@@ -93,14 +97,16 @@ class Config:
     # model
     model: str = _opt("resnet50", "resnet_small | resnet18 | resnet50 | timm:<name>")
     compile: bool = _opt(False, "torch.compile the training model")
-    amp: str = _opt("auto", "auto (bf16 on CUDA) | bf16 | off")
-    channels_last: str = _opt("on", "on | off (channels-last is faster on CUDA and oneDNN CPUs)")
+    amp: str = _opt("auto", "auto: bf16 on CUDA", ("auto", "bf16", "off"))
+    channels_last: str = _opt("on", "channels-last is faster on CUDA and oneDNN CPUs",
+                              ("on", "off"))
     # loss
     label_smoothing: float = _opt(0.1, "cross-entropy label smoothing (multi-class)")
     lam: float = _opt(0.0, "λ: weight of the point loss (0: no point head)")
     mu: float = _opt(0.0, "μ: weight of the attention-map loss (0: no attention head)")
-    point_loss: str = _opt("l1", "l1 | l2 | smooth_l1, on valid points only")
-    att_loss: str = _opt("kl", "kl (map as a distribution) | bce (map / its max)")
+    point_loss: str = _opt("l1", "on valid points only", ("l1", "l2", "smooth_l1"))
+    att_loss: str = _opt("kl", "kl: the map as a distribution; bce: the map / its max",
+                         ("kl", "bce"))
     att_channels: list = _opt([], "map channels to predict (default all: 0 clicks, 1 trace)")
     att_pool: bool = _opt(False, "classifier pools features weighted by the predicted map "
                           "(channel 0), not uniformly: an extension, off in the paper's recipe")
@@ -124,33 +130,73 @@ class Config:
     quiet: bool = _opt(False, "no progress bar")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Errors in one line (the usage of ~50 options would bury the message)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
-    """``--config`` (YAML/JSON with Config's field names) sets defaults; flags override."""
-    pre = argparse.ArgumentParser(add_help=False)
+    """``--config`` (YAML/JSON with Config's field names) sets defaults; flags override. A
+    string option outside its choices, from either, is an error."""
+    pre = _Parser(add_help=False)
     pre.add_argument("--config",
                      help="JSON/YAML of Config fields, or luab_data/pipelines/train/*.json")
     known, _ = pre.parse_known_args(argv)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[pre])
+    parser = _Parser(description=__doc__.split("\n\n")[0], parents=[pre])
     for f in fields(Config):
-        flag, help_ = "--" + f.name.replace("_", "-"), f.metadata["help"]
-        default = f.default_factory() if callable(f.default_factory) else f.default
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_)
-        elif isinstance(default, list):
-            kind = str if f.name == "val" else (int if f.name == "att_channels" else float)
-            parser.add_argument(flag, type=kind, nargs="*", help=help_)
-        else:
-            parser.add_argument(flag, type=type(default), help=help_)
-        parser.set_defaults(**{f.name: default})
+        _add_option(parser, f)
     if known.config:
         parser.set_defaults(**_read_config(known.config))
     args = vars(parser.parse_args(argv))
     args.pop("config")
+    for f in fields(Config):  # argparse checks the choices of flags, not of --config values
+        choices = f.metadata["choices"]
+        if choices and args[f.name] not in choices:
+            parser.error(f"{f.name} {args[f.name]!r} (from --config): choose from "
+                         f"{', '.join(choices)}")  # fmt: skip
     return Config(**args)
 
 
+def _add_option(parser: argparse.ArgumentParser, f: Any) -> None:
+    flag, help_ = "--" + f.name.replace("_", "-"), f.metadata["help"]
+    choices = f.metadata["choices"]
+    default = f.default_factory() if callable(f.default_factory) else f.default
+    if isinstance(default, bool):
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_)
+    elif isinstance(default, list):
+        kind = str if f.name == "val" else (int if f.name == "att_channels" else float)
+        parser.add_argument(flag, type=kind, nargs="*", help=help_)
+    elif f.name == "model":
+        parser.add_argument(flag, type=_model_name, help=help_)
+    else:
+        parser.add_argument(flag, type=type(default), choices=choices, help=help_)
+    parser.set_defaults(**{f.name: default})
+
+
+def _model_name(name: str) -> str:
+    """A project backbone or timm:<name> (whether timm knows the name is checked on use)."""
+    if name in BACKBONES or (name.startswith("timm:") and len(name) > len("timm:")):
+        return name
+    raise argparse.ArgumentTypeError(f"{name!r}: choose from {', '.join(BACKBONES)} or "
+                                     "timm:<name>")  # fmt: skip
+
+
+def check_inputs(cfg: Config) -> None:
+    """What a run needs before anything is built, each missing one a one-line exit."""
+    if cfg.synthetic:
+        return
+    if not cfg.train:
+        raise SystemExit("fast_train.py: error: --train is required (a .beton built by "
+                         "`luab-data build`), or --synthetic for random batches")  # fmt: skip
+    for path in [cfg.train, *(spec.rpartition("=")[2] for spec in cfg.val)]:
+        if not Path(path).exists():
+            raise SystemExit(f"fast_train.py: error: {path}: no such file or folder")
+
+
 # keys of a data recipe's loader section the trainer takes, and their Config names
-_FROM_LOADER = {"batch_size": "batch_size", "num_workers": "workers", "scale": "crop_scale"}
+_FROM_LOADER = {"batch_size": "batch_size", "workers": "workers", "scale": "crop_scale"}
 
 
 def _read_config(path: str) -> dict[str, Any]:
@@ -240,13 +286,15 @@ def describe_data(cfg: Config) -> DataInfo:
     """Head sizes from the training .beton's fields (or from the config with --synthetic)."""
     if cfg.synthetic:
         return DataInfo(cfg.num_classes or 1000, False, 1, 2)
-    from ffcv.fields import IntField
-    from ffcv.reader import Reader
+    from luab_data.beton.file import BetonFile  # the file's tables, no FFCV pipeline
 
-    reader = Reader(cfg.train)
-    handlers = reader.handlers
+    beton = BetonFile(cfg.train)
+    handlers = beton.handlers
+    if cfg.label_field not in handlers:
+        raise SystemExit(f"{cfg.train}: no label field {cfg.label_field!r} (--label-field); "
+                         f"it has {', '.join(handlers)}")  # fmt: skip
     label = handlers[cfg.label_field]
-    multilabel = not isinstance(label, IntField)
+    multilabel = hasattr(label, "shape")  # a multi-hot NDArrayField, not an IntField
     if cfg.num_classes:
         num_classes = cfg.num_classes
     elif multilabel:
@@ -254,8 +302,7 @@ def describe_data(cfg: Config) -> DataInfo:
     elif classes := train_classes(cfg):  # the manifest knows classes no sample may carry
         num_classes = len(classes)
     else:
-        column = reader.metadata[f"f{list(handlers).index(cfg.label_field)}"]
-        num_classes = int(column.max()) + 1
+        num_classes = int(beton.metadata(cfg.label_field).max()) + 1
     point, amap = handlers.get(cfg.point_field), handlers.get(cfg.map_field)
     n_points = int(np.prod(point.shape)) // 2 if point is not None else 0
     n_maps = int(amap.shape[0]) if amap is not None else 0
@@ -282,51 +329,28 @@ def resolution(epoch: int, cfg: Config) -> int:
 def make_train_loader(
     cfg: Config, info: DataInfo, rt: Runtime, res: int, map_hw: tuple[int, int]
 ) -> Any:
-    """A loader of the batch contract at training resolution ``res``. Images come as uint8
-    (normalised here after the transfer) except on the GPU FFCV path, which normalises in its
-    own CUDA stream."""
+    """A loader of the batch contract at training resolution ``res``: ``--loader`` through
+    ``make_loader``. On a GPU the loader normalises there (in its own stream for FFCV and
+    DALI); on the CPU images come as uint8 and are normalised after the transfer."""
     if cfg.synthetic:
         return SyntheticLoader(
             cfg.batch_size, res, num_classes=info.num_classes, map_size=map_hw,
             map_channels=info.map_channels, n_points=info.n_points, steps=cfg.synthetic_steps,
             seed=cfg.seed, device=rt.device, dtype=rt.amp or torch.float32,
         )  # fmt: skip
-    common = dict(batch_size=cfg.batch_size, image_size=res, map_size=map_hw, seed=cfg.seed,
-                  num_workers=cfg.workers)  # fmt: skip
     names = FieldNames(label=cfg.label_field, map=cfg.map_field or None,
                        point=cfg.point_field or None)  # fmt: skip
-    if cfg.loader == "ffcv":
-        from luab_data.loaders.ffcv_loader import CoupledLoader
-
-        on_gpu = rt.device.type == "cuda"
-        return CoupledLoader(
-            cfg.train, train=True, scale=tuple(cfg.crop_scale), distributed=rt.world > 1,
-            device=rt.device if on_gpu else None, normalize=on_gpu,
-            image_dtype=rt.amp or torch.float32, names=names, **common,
-        )  # fmt: skip
-    if cfg.loader == "dali":
-        from luab_data.loaders.dali_loader import make_dali_loader
-
-        gpu = rt.device.index if rt.device.type == "cuda" else None
-        return make_dali_loader(
-            cfg.train, cfg.batch_size, train=True, image_size=res, map_size=map_hw,
-            seed=cfg.seed, shard_id=rt.rank, num_shards=rt.world, device_id=gpu,
-            num_threads=cfg.workers, normalize=gpu is not None, scale=tuple(cfg.crop_scale),
-            names=names,
-        )  # fmt: skip
-    if cfg.loader == "torch":
-        from luab_data.loaders.reference import ReferenceLoader
-
-        shard = None if rt.world == 1 else range(rt.rank, _n_samples(cfg.train), rt.world)
-        return ReferenceLoader(cfg.train, scale=tuple(cfg.crop_scale), indices=shard,
-                               names=names, **common)  # fmt: skip
-    raise SystemExit(f"unknown --loader {cfg.loader!r}: ffcv | dali | torch")
+    return make_loader(cfg.loader, cfg.train, train=True, image_size=res, map_size=map_hw,
+                       scale=tuple(cfg.crop_scale), names=names, **_loader_knobs(cfg, rt))
 
 
-def _n_samples(path: str) -> int:
-    from ffcv.reader import Reader
-
-    return int(Reader(path).num_samples)
+def _loader_knobs(cfg: Config, rt: Runtime) -> dict[str, Any]:
+    """What the training and evaluation loaders share: batch, seed, workers, this rank's
+    share, the device (and normalisation there, in the autocast dtype)."""
+    on_gpu = rt.device.type == "cuda"
+    return dict(batch_size=cfg.batch_size, seed=cfg.seed, workers=cfg.workers, rank=rt.rank,
+                world_size=rt.world, device=rt.device if on_gpu else None, normalize=on_gpu,
+                image_dtype=rt.amp or torch.float32)  # fmt: skip
 
 
 @dataclass
@@ -337,11 +361,15 @@ class EvalSet:
 
 
 def train_classes(cfg: Config) -> list[str] | None:
-    """Class names in label order from the training .beton's manifest (None if absent)."""
-    manifest = Path(cfg.train + ".json")
-    if cfg.synthetic or not manifest.exists():
+    """Class names in label order from the training .beton's manifest (None if absent): its
+    ``metadata`` member only, read from the head of the file, not the list of every sample's
+    key that follows it."""
+    from luab_data.beton.paths import manifest_path
+
+    if cfg.synthetic or not cfg.train or not manifest_path(Path(cfg.train)).exists():
         return None
-    return json.loads(manifest.read_text()).get("metadata", {}).get("classes")
+    manifest = manifest_path(Path(cfg.train))
+    return (json_member(manifest, "metadata") or {}).get("classes")
 
 
 def make_eval_sets(cfg: Config, info: DataInfo, rt: Runtime) -> list[EvalSet]:
@@ -355,12 +383,9 @@ def make_eval_sets(cfg: Config, info: DataInfo, rt: Runtime) -> list[EvalSet]:
                                 classes=classes, multilabel=info.multilabel)  # fmt: skip
             sets.append(EvalSet(name, split, split.object_boxes))
             continue
-        from luab_data.loaders.ffcv_loader import CoupledLoader
-
-        loader = CoupledLoader(
-            path, cfg.batch_size, train=False, image_size=cfg.val_res, num_workers=cfg.workers,
-            distributed=rt.world > 1, names=FieldNames(label=cfg.label_field, map=None, point=None),
-        )  # fmt: skip
+        names = FieldNames(label=cfg.label_field, map=None, point=None)
+        loader = make_loader(cfg.loader, path, train=False, image_size=cfg.val_res, names=names,
+                             **_loader_knobs(cfg, rt))  # fmt: skip
         sets.append(EvalSet(name, loader, None))
     return sets
 
@@ -730,6 +755,7 @@ class MetricsLog:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     wall_start = time.perf_counter()
     cfg = parse_args(argv)
+    check_inputs(cfg)
     rt = setup_runtime(cfg)
     seed_everything(cfg.seed)
     info = describe_data(cfg)
