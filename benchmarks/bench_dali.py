@@ -91,24 +91,19 @@ def write_synthetic(path: Path, n: int, size_range: tuple[int, int], workers: in
 
 def make_loaders(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The contenders, all yielding the same batches of the same samples."""
-    from luab_data.loaders.contract import field_names
-    from luab_data.loaders.dali_loader import make_dali_loader
-    from luab_data.loaders.ffcv_loader import CoupledLoader
+    from luab_data.loaders.contract import make_loader
 
-    common = {"image_size": args.image_size, "map_size": args.map_size, "seed": 0,
-              "names": field_names(path), "normalize": args.normalize}  # fmt: skip
-    dali = {"num_threads": args.threads, "drop_last": True, **common}
+    common = {"batch_size": args.batch, "image_size": args.image_size, "seed": 0,
+              "map_size": args.map_size, "normalize": args.normalize, "workers": args.threads,
+              "drop_last": True}  # fmt: skip
     gpu = args.device == "gpu"
-    ffcv_device = torch.device("cuda", 0) if gpu else None
     loaders = {
-        "ffcv": CoupledLoader(
-            path, args.batch, num_workers=args.threads, device=ffcv_device, drop_last=True, **common
-        ),  # fmt: skip
-        "dali_cpu": make_dali_loader(path, args.batch, device_id=None, **dali),
+        "ffcv": make_loader("ffcv", path, device="cuda:0" if gpu else None, **common),
+        "dali_cpu": make_loader("dali", path, device=None, **common),
     }
     for load in args.hw_decoder_load if gpu else []:  # one contender per hardware share
-        loaders[f"dali_mixed@{load:g}"] = make_dali_loader(
-            path, args.batch, device_id=0, hw_decoder_load=load, **dali
+        loaders[f"dali_mixed@{load:g}"] = make_loader(
+            "dali", path, device="cuda:0", hw_decoder_load=load, **common
         )
     return loaders
 

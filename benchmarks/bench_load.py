@@ -179,16 +179,15 @@ def make_loaders(beton: Path, sample: Path, workers: int, bare: bool = True) -> 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from official_loader import official_loader
 
-    from luab_data.loaders.ffcv_loader import CoupledLoader, FieldNames
-    from luab_data.loaders.reference import ReferenceLoader
+    from luab_data.loaders.contract import FieldNames, make_loader
 
     classes = (sample / "classes.txt").read_text().split()
-    common = {"image_size": IMAGE, "map_size": MAP, "num_workers": workers}
-    loaders = {OURS: CoupledLoader(beton, BATCH, **common), PLAIN: _plain_ffcv(beton, workers)}
+    common = {"batch_size": BATCH, "image_size": IMAGE, "map_size": MAP, "workers": workers}
+    loaders = {OURS: make_loader("ffcv", beton, **common), PLAIN: _plain_ffcv(beton, workers)}
     if bare:
-        loaders[COUPLED_BARE] = CoupledLoader(beton, BATCH, names=FieldNames(map=None, point=None),
-                                              **common)  # fmt: skip
-    loaders[REF] = ReferenceLoader(beton, BATCH, **common)
+        loaders[COUPLED_BARE] = make_loader("ffcv", beton, names=FieldNames(map=None, point=None),
+                                            **common)  # fmt: skip
+    loaders[REF] = make_loader("torch", beton, **common)
     loaders[OFFICIAL] = official_loader(sample, sample / "train_xml", classes, BATCH, workers)
     return loaders
 

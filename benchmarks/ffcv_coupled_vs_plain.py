@@ -23,7 +23,8 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
 
 from luab_data.beton.ffcv_workers import plain_ffcv_write
-from luab_data.loaders.ffcv_loader import CoupledLoader, FieldNames
+from luab_data.loaders.contract import FieldNames
+from luab_data.loaders.ffcv_loader import CoupledLoader
 
 
 class _Synthetic:
@@ -94,7 +95,7 @@ def main() -> None:
         write(path, args.n, args.workers)
         print(f"wrote {args.n} images in {time.perf_counter() - start:.1f}s, "
               f"{path.stat().st_size / 2**20:.1f} MiB")  # fmt: skip
-        common = {"image_size": 224, "map_size": 14, "num_workers": args.workers}
+        common = {"image_size": 224, "map_size": 14, "workers": args.workers}
         loaders = {
             "plain FFCV (image+label)": plain(path, args.batch, args.workers),
             "plain FFCV, no flip": plain(path, args.batch, args.workers, flip=False),

@@ -466,12 +466,11 @@ def plain_ffcv(path: Path, plan: Plan, res: int):
 
 
 def coupled(path: Path, plan: Plan, res: int, **kw):
-    from luab_data.loaders.contract import field_names
-    from luab_data.loaders.ffcv_loader import CoupledLoader
+    from luab_data.loaders.contract import make_loader
 
-    return CoupledLoader(path, plan.batch, image_size=res, map_size=plan.map_size,
-                         num_workers=plan.cores, device=device_of(plan), drop_last=True,
-                         names=field_names(path), **kw)  # fmt: skip
+    return make_loader("ffcv", path, batch_size=plan.batch, image_size=res,
+                       map_size=plan.map_size, workers=plan.cores, device=device_of(plan),
+                       drop_last=True, **kw)  # fmt: skip
 
 
 def epoch_rate(loader, sync: Callable[[], None]) -> float:
@@ -676,14 +675,15 @@ def step_dali_align(plan: Plan, work: Path) -> dict:
     against geometry, marker and map peak within one pixel / cell of the point target."""
     _need_dali()
     from luab_data.loaders.alignment import augment_and_measure, write_marked_beton
-    from luab_data.loaders.dali_loader import make_dali_loader
+    from luab_data.loaders.contract import make_loader
 
     image_hw, map_hw, seed, batch = (48, 64), (12, 16), 11, 64
     path = work / "marked.beton"
     samples = write_marked_beton(path, 128, (48, 64), 9)
-    gpu = 0 if plan.device == "cuda" else None
-    loader = make_dali_loader(path, batch, image_size=image_hw, map_size=map_hw, seed=seed,
-                              device_id=gpu, num_threads=min(plan.cores, 4))  # fmt: skip
+    gpu = plan.device == "cuda"
+    loader = make_loader("dali", path, batch_size=batch, image_size=image_hw, map_size=map_hw,
+                         seed=seed, device="cuda:0" if gpu else None,
+                         workers=min(plan.cores, 4))  # fmt: skip
     m = augment_and_measure(loader, samples, loader.source.sizes, seed, image_hw, map_hw,
                             batch_size=batch, epochs=plan.align_epochs)  # fmt: skip
     checks = {"augmentations": m.seen, "marker_checks": len(m.marker_err),
@@ -691,7 +691,7 @@ def step_dali_align(plan: Plan, work: Path) -> dict:
               "max_map_err_cells": max(m.map_err, default=0.0)}  # fmt: skip
     checks["pass"] = checks["max_marker_err_px"] <= 1.0 and checks["max_map_err_cells"] <= 1.0
     checks["pytest_gpu_test"] = _gpu_pytest(plan)
-    return {"checks": checks, "notes": f"DALI {'mixed, GPU' if gpu == 0 else 'CPU'} pipeline"}
+    return {"checks": checks, "notes": f"DALI {'mixed, GPU' if gpu else 'CPU'} pipeline"}
 
 
 def _gpu_pytest(plan: Plan) -> dict:

@@ -61,19 +61,15 @@ def beton_options(build: dict[str, Any], n_classes: int = 0) -> BetonOptions:
     return BetonOptions(raster=cfg, **options)
 
 
-def loader_kwargs(recipe: dict, train: bool = True, ffcv: bool = True) -> dict[str, Any]:
-    """Keyword arguments of CoupledLoader (``ffcv``) or ReferenceLoader from a recipe's
-    `loader` section; validation reads in order.
+def loader_kwargs(recipe: dict, train: bool = True) -> dict[str, Any]:
+    """Keyword arguments of any loader (the contract's knobs) from a recipe's `loader`
+    section; validation reads in order.
 
-    >>> CoupledLoader(path, names=field_names(path), **loader_kwargs(load_recipe("coco-ab")))
+    >>> make_loader("ffcv", path, **loader_kwargs(load_recipe("coco-ab")))
     """
     kwargs = dict(recipe.get("loader", {}))
     for key in ("scale", "ratio", "map_size"):
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])
-    order = kwargs.get("order", "random") if train else "sequential"
-    if ffcv:
-        from ffcv.loader import OrderOption
-
-        order = OrderOption[order.upper()]
-    return {**kwargs, "train": train, "order": order}
+    shuffle = bool(kwargs.get("shuffle", True)) and train
+    return {**kwargs, "train": train, "shuffle": shuffle}

@@ -97,8 +97,8 @@ def show_grid(path: str | Path, out: str | Path, *, n: int = 16, cols: int = 4,
     import cv2
 
     from luab_data.beton.manifest import read_manifest
-    from luab_data.loaders.contract import field_names
-    from luab_data.loaders.reference import Augment, BetonSamples, ReferenceDataset
+    from luab_data.loaders.contract import CropSettings, field_names
+    from luab_data.loaders.reference import BetonSamples, ReferenceDataset
 
     manifest = _manifest_or_empty(path, read_manifest)
     classes = manifest.get("metadata", {}).get("classes", [])
@@ -107,7 +107,8 @@ def show_grid(path: str | Path, out: str | Path, *, n: int = 16, cols: int = 4,
         names = ", ".join(map_names[:6]) + (", ..." if len(map_names) > 6 else "")
         raise ValueError(f"no map channel {channel!r}: use max or one of {names}")
     samples = BetonSamples(path, field_names(path))
-    dataset = ReferenceDataset(samples, Augment(train, (size, size), (map_size, map_size), seed))
+    crop = CropSettings(train=train, seed=seed)
+    dataset = ReferenceDataset(samples, crop, (size, size), (map_size, map_size))
     dataset.epoch = epoch
     picks = _spread(len(samples), n, start)
     tiles = [render_tile(dataset, i, channel, map_names, classes) for i in picks]

@@ -31,17 +31,14 @@ from luab_data.loaders.alignment import (  # noqa: E402
     marker_position,
     write_marked_beton,
 )
-from luab_data.loaders.dali_loader import (  # noqa: E402
-    BetonBatchSource,
-    CropRule,
-    make_dali_loader,
-)
-from luab_data.loaders.ffcv_loader import (  # noqa: E402
+from luab_data.loaders.contract import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
-    CoupledLoader,
+    CropSettings,
     FieldNames,
 )
+from luab_data.loaders.dali_loader import BetonBatchSource, DaliLoader  # noqa: E402
+from luab_data.loaders.ffcv_loader import CoupledLoader  # noqa: E402
 
 N_SAMPLES = 128
 ABSENT_EVERY = 9
@@ -49,7 +46,7 @@ MAP_SHAPE = (48, 64)
 IMAGE_HW = (48, 64)  # non-square outputs, so that a swapped axis cannot pass
 MAP_HW = (12, 16)
 SEED = 11
-CPU = {"device_id": None, "num_threads": 2}
+CPU = {"device": None, "workers": 2}
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Exception ignored in. <finalize object:pytest.PytestUnraisableExceptionWarning"
@@ -83,7 +80,7 @@ def test_beton_reader_round_trip(dataset):
 @pytest.mark.timeout(120)
 def test_train_alignment_over_many_augmentations(dataset):
     _, samples = dataset
-    loader = make_dali_loader(
+    loader = DaliLoader(
         dataset[0], 64, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED, **CPU
     )
 
@@ -117,9 +114,9 @@ def test_train_alignment_over_many_augmentations(dataset):
 def test_decoupled_crops_fail_the_check(dataset):
     """Control: the same pipeline, but maps and points get the crops of another seed."""
     path, samples = dataset
-    loader = make_dali_loader(path, 64, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED, **CPU)
+    loader = DaliLoader(path, 64, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED, **CPU)
     source = loader.source
-    other = BetonBatchSource(source.beton, CropRule(seed=SEED + 1), source.names)
+    other = BetonBatchSource(source.beton, CropSettings(seed=SEED + 1), source.names)
     coupled = source.batch
 
     def decoupled(indices, epoch):
@@ -157,8 +154,8 @@ def test_dali_and_ffcv_agree_on_every_sample(dataset, train):
     (libjpeg-turbo in both, but DALI's antialiased linear resize vs OpenCV's INTER_AREA)."""
     path, _ = dataset
     common = {"image_size": IMAGE_HW, "map_size": MAP_HW, "seed": SEED, "train": train}
-    dali = make_dali_loader(path, 48, **common, **CPU)
-    ffcv = CoupledLoader(path, 48, num_workers=2, **common)
+    dali = DaliLoader(path, 48, **common, **CPU)
+    ffcv = CoupledLoader(path, 48, workers=2, **common)
     assert len(dali) == len(ffcv) == (2 if train else 3)  # drop_last when training only
     for epoch in range(2):
         image_diff, n_batches = [], 0
@@ -184,10 +181,10 @@ def test_validation_normalisedmany_points(dataset):
     sequential order and a smaller last batch (nothing dropped)."""
     path, samples = dataset
     common = {"train": False, "image_size": IMAGE_HW, "map_size": MAP_HW, "seed": SEED}
-    loader = make_dali_loader(
+    loader = DaliLoader(
         path, 50, normalize=True, names=FieldNames(point="points"), **common, **CPU
     )
-    plain = make_dali_loader(path, 50, **common, **CPU)
+    plain = DaliLoader(path, 50, **common, **CPU)
     mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
     indices, sizes = [], loader.source.sizes
     for batch, ref in zip(loader, plain, strict=True):
@@ -213,8 +210,8 @@ def test_shards_partition_each_epoch(dataset):
     DistributedSampler), have equal len(), and reshuffle per epoch with the same seed."""
     path, _ = dataset
     loaders = [
-        make_dali_loader(path, 16, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED,
-                         shard_id=r, num_shards=3, drop_last=False, **CPU)
+        DaliLoader(path, 16, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED,
+                   rank=r, world_size=3, drop_last=False, **CPU)
         for r in range(3)
     ]  # fmt: skip
     assert {len(ld) for ld in loaders} == {3}  # ceil(128 / 3) = 43 samples: 16 + 16 + 11
@@ -226,7 +223,7 @@ def test_shards_partition_each_epoch(dataset):
     got = np.concatenate([b.indices.numpy() for b in loaders[1]])
     assert np.array_equal(got, orders[0][1])
     with pytest.raises(ValueError):
-        make_dali_loader(path, 16, shard_id=3, num_shards=3, **CPU)
+        DaliLoader(path, 16, rank=3, world_size=3, **CPU)
 
 
 @pytest.mark.timeout(120)
@@ -236,9 +233,9 @@ def test_gpu_pipeline_matches_cpu_pipeline(dataset):
     pipeline, maps equal to float rounding, images close (nvJPEG vs libjpeg-turbo), every
     tensor on the GPU, images channels-last; normalised float16 images on request."""
     path, _ = dataset
-    common = {"image_size": IMAGE_HW, "map_size": MAP_HW, "seed": SEED, "num_threads": 2}
-    gpu = make_dali_loader(path, 48, device_id=0, hw_decoder_load=0.9, **common)
-    cpu = make_dali_loader(path, 48, device_id=None, **common)
+    common = {"image_size": IMAGE_HW, "map_size": MAP_HW, "seed": SEED, "workers": 2}
+    gpu = DaliLoader(path, 48, device="cuda:0", hw_decoder_load=0.9, **common)
+    cpu = DaliLoader(path, 48, device=None, **common)
     for got, want in zip(gpu, cpu, strict=True):
         assert all(t.is_cuda for t in got if t is not None)
         assert got.images.is_contiguous(memory_format=torch.channels_last)
@@ -248,7 +245,7 @@ def test_gpu_pipeline_matches_cpu_pipeline(dataset):
         torch.testing.assert_close(got.maps, want.maps, rtol=0, atol=1e-4)
         diff = (got.images.float() - want.images.float()).abs()
         assert diff.mean() < 2.0, diff.mean()
-    half = make_dali_loader(path, 48, device_id=0, normalize=True, half=True, **common)
+    half = DaliLoader(path, 48, device=0, normalize=True, image_dtype=torch.float16, **common)
     batch = next(iter(half))
     assert batch.images.dtype == torch.float16 and batch.images.is_cuda
 
@@ -262,7 +259,7 @@ def test_plain_file_without_byproducts(tmp_path):
     fields = {"image": RGBImageField(write_mode="jpg"), "label": IntField(), "index": IntField()}
     rows = [(s.image, s.label, i) for i, s in enumerate(samples)]
     write_indexed(str(path), fields, rows, range(len(rows)), workers=1)
-    loader = make_dali_loader(path, 8, train=False, image_size=32, **CPU)
+    loader = DaliLoader(path, 8, train=False, image_size=32, **CPU)
     batches = list(loader)
     assert [len(b.indices) for b in batches] == [8, 8, 4] and len(loader) == 3
     assert all(b.maps is None and b.points is None and b.point_weights is None for b in batches)

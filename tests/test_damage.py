@@ -184,26 +184,17 @@ def test_a_manifest_without_checksums_is_noted(copy):
 # ---------------------------------------------------------------- loaders
 
 
-def _coupled(path, batch_size=8, **kw):
-    from luab_data.loaders.ffcv_loader import CoupledLoader
+def _loader(kind: str, path, batch_size=8, **kw):
+    """Any loader through the contract's one door, one worker, small outputs."""
+    if kind == "dali":
+        pytest.importorskip("nvidia.dali")
+    from luab_data.loaders.contract import make_loader
 
-    return CoupledLoader(path, batch_size, num_workers=1, image_size=32, map_size=8, **kw)
-
-
-def _reference(path, batch_size=8, **kw):
-    from luab_data.loaders.reference import ReferenceLoader
-
-    return ReferenceLoader(path, batch_size, num_workers=0, image_size=32, map_size=8, **kw)
+    return make_loader(kind, path, batch_size=batch_size, workers=0 if kind == "reference" else 1,
+                       image_size=32, map_size=8, **kw)  # fmt: skip
 
 
-def _dali(path, batch_size=8, **kw):
-    pytest.importorskip("nvidia.dali")
-    from luab_data.loaders.dali_loader import make_dali_loader
-
-    return make_dali_loader(path, batch_size, image_size=32, map_size=8, num_threads=1, **kw)
-
-
-LOADERS = {"ffcv": _coupled, "reference": _reference, "dali": _dali}
+LOADERS = ("ffcv", "reference", "dali")
 
 
 def _bad_input(case: str, copy: Path, tmp_path: Path) -> Path:
@@ -233,11 +224,11 @@ BAD_INPUTS = ["missing", "folder", "text file", "jpeg", "cut 1 KB", "cut 50 %",
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("case", BAD_INPUTS)
-@pytest.mark.parametrize("loader", list(LOADERS))
+@pytest.mark.parametrize("loader", LOADERS)
 def test_loaders_open_a_bad_file_with_one_clear_error(copy, tmp_path, loader, case):
     path = _bad_input(case, copy, tmp_path)
     with pytest.raises((FileNotFoundError, ValueError)) as caught:
-        LOADERS[loader](path)
+        _loader(loader, path)
     message = str(caught.value)
     assert str(path) in message and "\n" not in message
     if case == "missing":
@@ -247,10 +238,10 @@ def test_loaders_open_a_bad_file_with_one_clear_error(copy, tmp_path, loader, ca
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("loader", list(LOADERS))
+@pytest.mark.parametrize("loader", LOADERS)
 def test_a_training_batch_larger_than_the_dataset_is_an_error(root, loader):
     path = built(root, KIND)
     n = len(read_manifest(path)["keys"])
     with pytest.raises(ValueError, match=f"batch_size {n + 1} exceeds the {n} samples"):
-        LOADERS[loader](path, batch_size=n + 1, train=True)
-    assert len(LOADERS[loader](path, batch_size=n + 1, train=False)) == 1  # evaluation: kept
+        _loader(loader, path, batch_size=n + 1, train=True)
+    assert len(_loader(loader, path, batch_size=n + 1, train=False)) == 1  # evaluation: kept

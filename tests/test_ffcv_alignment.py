@@ -28,13 +28,13 @@ from luab_data.loaders.alignment import (  # noqa: E402
     marker_position,
     write_marked_beton,
 )
-from luab_data.loaders.ffcv_loader import (  # noqa: E402
+from luab_data.loaders.contract import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
-    CoupledLoader,
+    CropSettings,
     FieldNames,
-    build_pipelines,
 )
+from luab_data.loaders.ffcv_loader import CoupledLoader, build_pipelines  # noqa: E402
 from luab_data.loaders.ffcv_ops import CropPlan  # noqa: E402
 
 N_SAMPLES = 128
@@ -61,7 +61,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def train_loader(dataset):
     path, _ = dataset
-    return CoupledLoader(path, 64, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED, num_workers=2)
+    return CoupledLoader(path, 64, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED, workers=2)
 
 
 @pytest.mark.timeout(180)
@@ -113,8 +113,8 @@ def test_decoupled_crops_fail_the_check(dataset):
     """Control: the same loader, but maps and points draw their crops with another seed."""
     path, samples = dataset
     reader = Reader(str(path))
-    plan = CropPlan.from_reader(reader, seed=SEED)
-    other = CropPlan.from_reader(reader, seed=SEED + 1)
+    plan = CropPlan.from_reader(reader, CropSettings(seed=SEED))
+    other = CropPlan.from_reader(reader, CropSettings(seed=SEED + 1))
     pipelines = build_pipelines(
         reader, plan, image_size=IMAGE_HW, map_size=MAP_HW, map_plan=other, point_plan=other
     )
@@ -149,7 +149,7 @@ def test_validation_pipeline_centre_crop_normalised(dataset):
     path, samples = dataset
     loader = CoupledLoader(
         path, 50, train=False, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED,
-        num_workers=2, normalize=True, device="cpu", names=FieldNames(point="points"),
+        workers=2, normalize=True, device="cpu", names=FieldNames(point="points"),
     )  # fmt: skip
     mean = np.array(IMAGENET_MEAN, np.float32)
     std = np.array(IMAGENET_STD, np.float32)

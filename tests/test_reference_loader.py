@@ -24,9 +24,8 @@ from luab_data.loaders.alignment import (
     marker_position,
     write_marked_beton,
 )
-from luab_data.loaders.contract import field_names
+from luab_data.loaders.contract import IMAGENET_MEAN, IMAGENET_STD, CropSettings, field_names
 from luab_data.loaders.reference import (
-    Augment,
     BetonSamples,
     ReferenceDataset,
     ReferenceLoader,
@@ -89,7 +88,7 @@ def _measure(batches, samples) -> tuple[list[float], list[float], int]:
 def test_alignment_over_many_augmentations(marked):
     path, samples = marked
     loader = ReferenceLoader(path, 32, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED,
-                             num_workers=0)  # fmt: skip
+                             workers=0)  # fmt: skip
     marker_err, map_err, seen = [], [], 0
     for epoch in range(20):  # 20 x 128 = 2560 augmentations
         assert loader.epoch == epoch
@@ -110,9 +109,10 @@ def test_alignment_over_many_augmentations(marked):
 class _Decoupled(ReferenceDataset):
     """Control: the image takes one seed's crop, the map and point another's."""
 
-    def __init__(self, samples, augment: Augment) -> None:
-        super().__init__(samples, augment)
-        self.other = ReferenceDataset(samples, replace(augment, seed=augment.seed + 1))
+    def __init__(self, samples, crop: CropSettings, image_size, map_size) -> None:
+        super().__init__(samples, crop, image_size, map_size)
+        wrong = replace(crop, seed=crop.seed + 1)
+        self.other = ReferenceDataset(samples, wrong, image_size, map_size)
 
     def __getitem__(self, index: int) -> dict:
         out, wrong = super().__getitem__(index), self.other[index]
@@ -124,8 +124,9 @@ class _Decoupled(ReferenceDataset):
 def test_decoupled_crops_fail_the_check(marked):
     path, samples = marked
     loader = ReferenceLoader(path, 32, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED,
-                             num_workers=0)  # fmt: skip
-    loader.dataset = _Decoupled(loader.dataset.samples, loader.dataset.augment)
+                             workers=0)  # fmt: skip
+    data = loader.dataset
+    loader.dataset = _Decoupled(data.samples, data.crop, data.image_size, data.map_size)
     marker_err, _, _ = _measure(loader, samples)
     assert len(marker_err) >= 20
     assert np.mean(np.array(marker_err) > 1.0) > 0.5
@@ -155,8 +156,8 @@ def test_reference_and_ffcv_agree(root, kind):
     path = built(root, kind)
     names = field_names(path)
     common = {"image_size": (40, 56), "map_size": (6, 10), "seed": 9, "names": names}
-    ffcv = CoupledLoader(path, 20, num_workers=2, **common)
-    ref = ReferenceLoader(path, 20, num_workers=0, **common)
+    ffcv = CoupledLoader(path, 20, workers=2, **common)
+    ref = ReferenceLoader(path, 20, workers=0, **common)
     for loader in (ffcv, ref):
         loader.set_epoch(2)
     got = [_numpy(b) for b in ffcv]
@@ -184,11 +185,10 @@ def test_records_and_image_folder_match_the_beton(root):
     what it reads from the .beton, for images the build did not resize."""
     path = built(root, "imagenet-ab")
     beton = BetonSamples(path, field_names(path))
-    augment = Augment(image_size=(32, 32), map_size=(8, 8), seed=4)
-    from_file = ReferenceDataset(beton, augment)
+    from_file = ReferenceDataset(beton, CropSettings(seed=4), (32, 32), (8, 8))
     loader = ReferenceLoader(source_path(root, "imagenet-ab"), 8, options=OPTIONS, seed=4,
                              images=sample_dir(root, "imagenet-ab"), image_size=(32, 32),
-                             map_size=(8, 8), num_workers=0)  # fmt: skip
+                             map_size=(8, 8), workers=0)  # fmt: skip
     sizes, checked = BetonFile(path).image_size(), 0
     for index in range(len(beton)):
         a, b = loader.dataset[index], from_file[index]
@@ -204,15 +204,13 @@ def test_records_and_image_folder_match_the_beton(root):
 
 
 def test_recipe_loader_settings(root):
-    from ffcv.loader import OrderOption
-
     from luab_data.recipes import load_recipe, loader_kwargs
 
     recipe = load_recipe("sample")
-    assert loader_kwargs(recipe)["order"] == OrderOption.RANDOM
+    assert loader_kwargs(recipe)["shuffle"] is True
     path = built(root, "coco-ab")
-    kwargs = {**loader_kwargs(recipe, train=False, ffcv=False), "batch_size": 16,
-              "num_workers": 0, "image_size": 64}  # fmt: skip
+    kwargs = {**loader_kwargs(recipe, train=False), "batch_size": 16, "workers": 0,
+              "image_size": 64}  # fmt: skip
     batch = next(iter(ReferenceLoader(path, names=field_names(path), **kwargs)))
     assert batch.images.shape == (16, 3, 64, 64) and not batch.flips.any()
     assert batch.indices.tolist() == list(range(16)) and batch.labels.shape == (16, 80)
@@ -220,10 +218,8 @@ def test_recipe_loader_settings(root):
 
 
 def test_normalised_images_on_a_device(root):
-    from luab_data.loaders.ffcv_loader import IMAGENET_MEAN, IMAGENET_STD
-
     path = built(root, "imagenet-ab")
-    common = {"batch_size": 8, "train": False, "image_size": 32, "num_workers": 0,
+    common = {"batch_size": 8, "train": False, "image_size": 32, "workers": 0,
               "indices": range(8), "names": field_names(path)}  # fmt: skip
     raw = next(iter(ReferenceLoader(path, **common)))
     norm = next(iter(ReferenceLoader(path, normalize=True, device="cpu", **common)))

@@ -174,7 +174,7 @@ class LoaderSettings:
                             float(self.flip_p), float(self.center_ratio))  # fmt: skip
 
     def torch_device(self) -> torch.device | None:
-        """The device batches go to; None for the CPU (nothing to move)."""
+        """The device batches go to; None: left where the loader makes them (the CPU)."""
         return resolve_device(self.device)
 
     def dtype(self) -> torch.dtype:
@@ -341,7 +341,9 @@ def _synonym(name: str) -> list[str]:
 
 
 def resolve_device(device: Any) -> torch.device | None:
-    """None/"cpu" -> None; an int -> that CUDA device; "cuda" -> the current CUDA device."""
+    """None -> None (batches stay where the loader makes them: the CPU); an int -> that CUDA
+    device; "cuda" -> the current CUDA device; "cpu" -> the CPU (FFCV then runs the transfer
+    stages of its GPU pipeline, on the CPU)."""
     if device is None:
         return None
     import torch
@@ -349,8 +351,6 @@ def resolve_device(device: Any) -> torch.device | None:
     if isinstance(device, int):
         device = torch.device("cuda", device)
     device = torch.device(device)
-    if device.type == "cpu":
-        return None
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device

@@ -357,8 +357,10 @@ class DaliLoader:
         self.n_samples = self.beton.num_samples
         check_batches(len(self), len(s.subset(self.n_samples)), self.batch_size, s.drop_last)
         self.device = s.torch_device()
-        if self.device is not None and self.device.type != "cuda":
+        if self.device is not None and self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"DALI runs on the CPU or a CUDA device, not {self.device}")
+        if self.device is not None and self.device.type == "cpu":
+            self.device = None  # DALI's CPU-only pipeline
         device_id = None if self.device is None else self.device.index
         names = s.field_names(path)
         self.source = BetonBatchSource(self.beton, self.rule, names)
