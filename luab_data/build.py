@@ -7,7 +7,6 @@ writes its rejects file and no manifest.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def build_parquet(
         writer.abort()
         raise
     if summary.records == 0 and (summary.rejects or shard[1] == 1):  # not just a small shard
-        rejects_file = _keep_rejects(writer)
+        rejects_file = writer.keep_rejects()
         raise NothingKept(summary, list(first.values()), rejects_file, shard,
                           getattr(source, "images", None))  # fmt: skip
     manifest = {
@@ -82,15 +81,6 @@ def build_parquet(
     summary.outputs = [str(out / f) for f in [*writer.files, manifest["rejects_file"]]]
     summary.outputs.append(str(manifest_file))
     return summary
-
-
-def _keep_rejects(writer: ParquetShardWriter) -> Path:
-    """Abort the shard but move its rejects file into place: it says why nothing was kept."""
-    writer.rejects_file.close()
-    name = Path(writer.rejects_file.name).name
-    os.replace(writer.tmp / name, writer.out / name)
-    writer.abort()
-    return writer.out / name
 
 
 def _remove_shard(out: Path, manifest: Path) -> None:

@@ -142,9 +142,10 @@ def build(ctx, src, kind, classes_file, coco_policy, images, with_images, out, f
     """Read a release (or records) and write canonical records as Parquet shards, or pack
     images and byproducts into an FFCV .beton (--out X.beton, with --images).
 
-    Bad records are written to rejects-<shard>.jsonl (X.beton.rejects.jsonl) with their key
-    and reason and counted in the summary; every good record is kept. Output appears
-    atomically: a shard is complete when its manifest-<shard>.json (X.beton.json) exists.
+    Bad records are written to __luab__/rejects-<shard>.jsonl (X.beton.rejects.jsonl) with
+    their key and reason and counted in the summary; every good record is kept. Output appears
+    atomically: a shard is complete when its __luab__/manifest-<shard>.json (X.beton.json)
+    exists.
     """
     try:
         recipe = load_recipe(beton["recipe"]) if beton["recipe"] else {}

@@ -37,7 +37,7 @@ def test_shards_partition_records_and_share_labels(tar, tmp_path):
         assert (
             run("build", "--src", tar, "--out", out, "--shard", f"{i}/3", "--quiet").exit_code == 0
         )
-    manifests = sorted(out.glob("_manifest-*.json"))
+    manifests = sorted((out / "__luab__").glob("manifest-*.json"))
     assert len(manifests) == 3
     parts, _ = read_records(out)
     assert sorted(parts.column("key").to_pylist()) == sorted(whole.column("key").to_pylist())
@@ -60,10 +60,10 @@ def test_build_writes_rejects_and_summary(bad_tar, tmp_path):
     assert result.exit_code == 0, result.output
     assert "records kept    4" in result.output
     assert f"records rejected {len(EXPECTED_IMAGENET)}" in result.output
-    lines = (out / "_rejects-00000-of-00001.jsonl").read_text().splitlines()
+    lines = (out / "__luab__/rejects-00000-of-00001.jsonl").read_text().splitlines()
     got = {json.loads(x)["key"]: json.loads(x)["reason"] for x in lines}
     assert got == EXPECTED_IMAGENET
-    manifest = json.loads((out / "_manifest-00000-of-00001.json").read_text())
+    manifest = json.loads((out / "__luab__/manifest-00000-of-00001.json").read_text())
     assert manifest["rows"] == 4 and sum(manifest["summary"]["rejects"].values()) == len(got)
 
 

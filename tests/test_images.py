@@ -270,8 +270,9 @@ def test_a_build_that_keeps_nothing_fails_and_keeps_its_rejects(root, tmp_path, 
     if fmt == "beton":
         rejects, leftovers = rejects_path(out), [out, manifest_path(out)]
     else:
-        rejects, leftovers = out / "_rejects-00000-of-00001.jsonl", [
-            out / "_manifest-00000-of-00001.json", *out.glob("*.parquet"), *out.glob(".tmp*")]
+        rejects, leftovers = out / "__luab__/rejects-00000-of-00001.jsonl", [
+            out / "__luab__/manifest-00000-of-00001.json", *out.glob("*.parquet"),
+            *out.glob(".tmp*")]
     assert len(rejects.read_text().splitlines()) == n
     assert str(rejects) in result.output
     assert not [p for p in leftovers if p.exists()]

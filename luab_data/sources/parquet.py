@@ -1,7 +1,7 @@
 """Our own Parquet output as a source: for inspect, export and re-building in another format.
 
-Reads the parts of an output folder (sidecars `_manifest-*`, `_rejects-*` and those of older
-outputs, `manifest-*`/`rejects-*`, are not parts) or one .parquet file. The derived
+Reads the `*.parquet` parts at the top of an output folder (its sidecars, in __luab__/ or beside
+the parts in older outputs, are not read) or one .parquet file. The derived
 `label_names` column is dropped: records come back in the canonical schema."""
 
 from __future__ import annotations

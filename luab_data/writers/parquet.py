@@ -1,12 +1,14 @@
 """Parquet shards of canonical records.
 
 Layout of an output folder (one build may be split over machines with --shard i/n):
-  part-<i>-of-<n>-<k>.parquet   records of shard i, rotated every `rows_per_file` rows
-  _rejects-<i>-of-<n>.jsonl     one JSON object per rejected record (key, reason, detail, where)
-  _manifest-<i>-of-<n>.json     written last: its presence marks shard i complete
-The sidecars start with `_` and the temporary folder with `.`: pyarrow, pandas, polars, duckdb
-and HF datasets skip such names, so the folder itself opens as one dataset. Parts are written
-into the temporary folder and moved in only once the shard is done.
+  part-<i>-of-<n>-<k>.parquet           records of shard i, rotated every `rows_per_file` rows
+  __luab__/rejects-<i>-of-<n>.jsonl     one JSON object per rejected record (key, reason, ...)
+  __luab__/manifest-<i>-of-<n>.json     written last: its presence marks shard i complete
+Parts are written into a hidden temporary folder (.tmp-<i>-of-<n>) and moved in only once the
+shard is done. The sidecar folder's name is one that readers of a folder skip: pyarrow and
+pandas skip names starting with `_` or `.`, HF datasets those starting with `__` or `.` (not
+`_luab/`); duckdb and polars read the glob `<folder>/*.parquet` (polars 2 refuses a folder
+holding anything but Parquet, wherever it lies), so the folder opens as one dataset.
 
 Each part carries, besides the record columns, `label_names` (the class name of each entry of
 `labels`), so that tools which never read our schema metadata still see class names.
@@ -31,6 +33,7 @@ LABEL_NAMES = pa.field("label_names", pa.list_(pa.string()), nullable=False)
 # source batch, makes every reader pay per-group overhead thousands of times).
 ROW_GROUP_ROWS = 65_536
 ROW_GROUP_BYTES = 128 * 2**20
+SIDECARS = "__luab__"
 
 
 def shard_tag(shard: tuple[int, int]) -> str:
@@ -38,7 +41,7 @@ def shard_tag(shard: tuple[int, int]) -> str:
 
 
 def manifest_path(out: Path, shard: tuple[int, int]) -> Path:
-    return Path(out) / f"_manifest-{shard_tag(shard)}.json"
+    return Path(out) / SIDECARS / f"manifest-{shard_tag(shard)}.json"
 
 
 def legacy_manifest_path(out: Path, shard: tuple[int, int]) -> Path:
@@ -47,7 +50,8 @@ def legacy_manifest_path(out: Path, shard: tuple[int, int]) -> Path:
 
 
 def rejects_name(shard: tuple[int, int]) -> str:
-    return f"_rejects-{shard_tag(shard)}.jsonl"
+    """The rejects file's path relative to the output folder (as the manifest lists it)."""
+    return f"{SIDECARS}/rejects-{shard_tag(shard)}.jsonl"
 
 
 def output_schema(schema: pa.Schema) -> pa.Schema:
@@ -88,7 +92,7 @@ class ParquetShardWriter:
         if self.tmp.exists():  # left by an interrupted run of this shard
             shutil.rmtree(self.tmp)
         self.tmp.mkdir(parents=True)
-        self.rejects_file = open(self.tmp / rejects_name(shard), "w")
+        self.rejects_file = open(self.tmp / Path(rejects_name(shard)).name, "w")
         self.files: list[str] = []
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
@@ -98,8 +102,7 @@ class ParquetShardWriter:
         self._pending_bytes = 0
 
     def _open_next(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        self._close()
         name = f"part-{shard_tag(self.shard)}-{len(self.files):04d}.parquet"
         self.files.append(name)
         self._rows_in_file = 0
@@ -146,18 +149,30 @@ class ParquetShardWriter:
         """Move the parts and rejects into place, then write the manifest (the commit mark)."""
         if self._pending:
             self._drain(everything=True)
-        if self._writer is not None:
-            self._writer.close()
-        self.rejects_file.close()
-        for name in [*self.files, rejects_name(self.shard)]:
+        self._close()
+        for name in self.files:
             os.replace(self.tmp / name, self.out / name)
-        shutil.rmtree(self.tmp)
+        self.keep_rejects()
         path = manifest_path(self.out, self.shard)
         write_json_atomic(path, {**manifest, "files": self.files, "rows": self.rows})
         return path
 
-    def abort(self) -> None:
+    def keep_rejects(self) -> Path:
+        """Move the rejects file into place and drop the rest of the temporary folder (a build
+        that keeps nothing still says why)."""
+        self.rejects_file.close()
+        path = self.out / rejects_name(self.shard)
+        path.parent.mkdir(exist_ok=True)
+        os.replace(self.tmp / path.name, path)
+        self.abort()
+        return path
+
+    def _close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self._writer = None
+
+    def abort(self) -> None:
+        self._close()
         self.rejects_file.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
