@@ -309,7 +309,9 @@ def test_class_names_come_from_the_manifest_head(tmp_path: Path) -> None:
 
 def test_timm_backbone_trains_one_step() -> None:
     """``--model timm:resnet18``: a timm trunk under the LUAB heads takes one SGD step on
-    synthetic input with every loss term, and the step moves the weights."""
+    synthetic input with every loss term: the stem and every head move, and the same batch's
+    loss falls. (timm zero-initialises each block's last BatchNorm, so the branches inside the
+    blocks get no gradient at the first step.)"""
     pytest.importorskip("timm")
     cfg = _cfg(model="timm:resnet18", lam=1.0, mu=1.0, momentum=0.0, weight_decay=0.0)
     torch.manual_seed(0)
@@ -317,10 +319,13 @@ def test_timm_backbone_trains_one_step() -> None:
     assert net.stride == 32
     loader = SyntheticLoader(4, 64, num_classes=CLASSES, map_size=(2, 2), seed=0, steps=1,
                              n_distinct=1)  # fmt: skip
+    batch = next(iter(loader))
     opt = ft.make_optimizer(net, cfg)
-    before = [p.detach().clone() for p in net.parameters()]
-    terms = ft.train_step(net, opt, next(iter(loader)), cfg, INFO, RT, lr=0.01)
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    terms = ft.train_step(net, opt, batch, cfg, INFO, RT, lr=0.05)
     assert set(terms) == {"ce", "point", "attention", "loss"}
     assert all(torch.isfinite(v) for v in terms.values())
-    moved = [not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True)]
-    assert sum(moved) > len(moved) // 2
+    moved = {name for name, p in net.named_parameters() if not torch.equal(before[name], p)}
+    for part in ("backbone.net.conv1.", "classifier.", "point_head.", "attention_head."):
+        assert any(name.startswith(part) for name in moved), part
+    assert _terms(net.train(), batch, cfg)["loss"] < float(terms["loss"])
