@@ -338,7 +338,7 @@ UNSAFE = [
     "train_xml/n01440764/deeper/evil_4.xml",
     "other/train_xml/n01440764/evil_5.xml",
     "train_xml\\n01440764\\evil_6.xml",
-    "train_xml/n01440764/._n01440764_1.xml",  # AppleDouble: not a <stem> (starts with '.')
+    "../train_xml/n01440764/._n01440764_1.xml",  # junk by name, but it climbs out: unsafe
 ]
 LINKS = {"train_xml/n01440764/evil_sym.xml": (tarfile.SYMTYPE, "/etc/passwd"),
          "train_xml/n01440764/evil_hard.xml": (tarfile.LNKTYPE, "train_xml/n01440764/x.xml"),

@@ -2,8 +2,11 @@
 
 Members are streamed (never extracted, never all in memory), grouped into chunks, scanned by
 the numba kernel in worker threads (it releases the GIL) and assembled into Arrow batches in
-the order they were read. Labels index the sorted class list of the *whole* source, found by a
-listing pass first, so that every shard numbers classes alike.
+the order they were read. Labels index the 1,000 ImageNet-1k wnids (as torchvision's ImageFolder
+over the full train folder does) when the source holds only ImageNet-1k classes, so that a
+partial archive or a shard numbers classes like the official loader; otherwise the sorted wnids
+of the whole source (a listing pass), with a warning. macOS and Windows junk (AppleDouble `._*`
+files, `.DS_Store`) is skipped and counted, not rejected.
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections import deque
+import warnings
+from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +55,29 @@ WNID = re.compile(r"n\d{8}")  # an ImageNet synset id: the only class folder nam
 _MEMBER = re.compile(r"(?:\./)?train_xml/(n\d{8})/([A-Za-z0-9][A-Za-z0-9_.\-]*)\.xml")
 
 
+class ClassListWarning(UserWarning):
+    """The source holds a wnid outside ImageNet-1k: labels index its own sorted wnids."""
+
+
+@cache
+def imagenet_1k() -> tuple[str, ...]:
+    """The 1,000 ILSVRC-2012 (ImageNet-1k) wnids, sorted: the class list of the official
+    loaders (index = position), shipped as package data."""
+    text = resources.files(__package__).joinpath("imagenet1k_wnids.txt").read_text()
+    return tuple(text.split())
+
+
+# Files that operating systems leave beside copied data: AppleDouble resource forks (`._name`,
+# written by macOS tar and Finder) and folder metadata. Never annotations, never classes.
+_JUNK_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", ".directory"})
+
+
+def junk_name(name: str) -> bool:
+    """An OS metadata file (by its last path component), skipped and counted."""
+    base = name.rstrip("/").rsplit("/", 1)[-1]
+    return base.startswith("._") or base in _JUNK_FILES
+
+
 def split_member_name(name: str) -> tuple[str, str] | None:
     """'train_xml/<wnid>/<stem>.xml' -> (wnid, stem); None for any other name."""
     m = _MEMBER.fullmatch(name)
@@ -64,7 +93,9 @@ def unsafe_name(name: str) -> str | None:
         return "'..' in the path"
     if "\\" in name or any(ord(c) < 32 for c in name):
         return "backslash or control character in the name"
-    if _MEMBER.fullmatch(name) or not (name.endswith(".xml") or "train_xml/" in name):
+    if _MEMBER.fullmatch(name) or junk_name(name):
+        return None
+    if not (name.endswith(".xml") or "train_xml/" in name):
         return None
     return "not train_xml/<wnid>/<stem>.xml with an ImageNet wnid (n + 8 digits)"
 
@@ -137,6 +168,8 @@ class ImageNetABSource:
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         self.is_folder = self.path.is_dir()
+        self.skipped: Counter = Counter()  # junk files skipped (shard 0 counts them)
+        self._assumed: str | None = None  # ImageNet-1k chosen from these first archive members
         if self.is_folder:  # files of the folder, counted once (cheap beside parsing them)
             root = _xml_root(self.path)
             count = sum(1 if d.is_symlink() else len(os.listdir(d.path)) for d in _class_dirs(root))
@@ -152,25 +185,48 @@ class ImageNetABSource:
         return threaded(tar_stream.iter_blocks(self.path, progress, keep_data))
 
     def class_list(self) -> list[str]:
-        """The class list labels index: given, or the sorted wnids of the whole source."""
+        """The class list labels index: given; else ImageNet-1k when every wnid of the source is
+        one of its classes; else the sorted wnids of the whole source (with a warning)."""
         if self.classes is None:
-            if self.is_folder:
+            if self.is_folder:  # the class folders are the wnids: cheap and exact
                 dirs = _class_dirs(_xml_root(self.path))
-                self.classes = [d.name for d in dirs if WNID.fullmatch(d.name) and
-                                not d.is_symlink()]  # fmt: skip
-            else:  # a listing pass over the archive: every shard must number classes alike
-                members = ((n, k) for b in self._blocks(Progress(0), False)
-                           for n, k in zip(b.names, b.kinds.tolist(), strict=True))  # fmt: skip
-                wnids = {p[0] for n, k in members if k != SPECIAL and (p := split_member_name(n))}
-                self.classes = sorted(wnids)
+                self.classes = self._choose([d.name for d in dirs if WNID.fullmatch(d.name) and
+                                             not d.is_symlink()], "class folders")  # fmt: skip
+            else:  # only the first block is read: no second decompression of the archive
+                blocks = tar_stream.iter_blocks(self.path, None, keep_data=False)
+                first = next(blocks, None)
+                blocks.close()
+                self.classes = self._choose(_wnids([first] if first else []),
+                                            f"first {len(first.names) if first else 0} members")
         return self.classes
+
+    def _choose(self, wnids: list[str], seen: str) -> list[str]:
+        """ImageNet-1k if `wnids` (all of a folder, or the first block of an archive) are all
+        ImageNet-1k classes; else the sorted wnids of the whole source."""
+        foreign = sorted(set(wnids) - set(imagenet_1k()))
+        if not foreign:
+            self._assumed = seen if not self.is_folder else None
+            return list(imagenet_1k())
+        if not self.is_folder:  # a listing pass: every shard must number classes alike
+            wnids = _wnids(self._blocks(Progress(0), False))
+        classes = sorted(set(wnids))
+        warnings.warn(f"{self.path}: {len(foreign)} wnid(s) outside ImageNet-1k (first: "
+                      f"{foreign[0]}), so labels index the source's own {len(classes)} sorted "
+                      "wnids, not the 1,000 ImageNet-1k classes; --classes FILE chooses the "
+                      "list", ClassListWarning, stacklevel=3)  # fmt: skip
+        return classes
 
     def metadata(self) -> dict:
         return {"source_kind": self.kind, "classes": self.class_list()}
 
+    def notes(self) -> list[str]:
+        """Summary lines about what the read skipped (for build and inspect)."""
+        return [f"skipped         {n:,} {what}" for what, n in sorted(self.skipped.items())]
+
     def batches(self, shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[pa.RecordBatch, list]]:
         """(record batch, rejects) per block of members, in source order."""
         index = {w: i for i, w in enumerate(self.class_list())}
+        self.skipped.clear()
         seen: set[str] = set()
         seq = itertools.count()
         pending: deque = deque()
@@ -195,6 +251,8 @@ class ImageNetABSource:
             parsed = split_member_name(member) if kind != SPECIAL else None  # safe if parsed
             if parsed is None:
                 problem = _SPECIAL_WHY if kind == SPECIAL else unsafe_name(member)
+                if problem is None and junk_name(member) and shard[0] == 0:
+                    self.skipped[_JUNK_WHAT[member.rsplit("/", 1)[-1].startswith("._")]] += 1
                 if problem is not None and shard[0] == 0:  # no trustworthy key: shard 0 reports
                     rejects.append((n, Reject(name, v.UNSAFE_PATH, f"{problem}: {name!r}", name)))
                 continue
@@ -220,6 +278,10 @@ class ImageNetABSource:
             limit = v.MAX_MEMBER_BYTES >> 20
             return RejectError(v.MALFORMED_XML, f"larger than {limit} MiB: not an annotation file")
         if wnid not in index:
+            if self._assumed:  # see class_list: labels already index ImageNet-1k
+                return RejectError(v.UNKNOWN_CLASS, f"wnid {wnid} is not an ImageNet-1k class, "
+                                   f"which labels index (the {self._assumed} held only "
+                                   "ImageNet-1k wnids); --classes FILE chooses the list")
             return RejectError(v.UNKNOWN_CLASS, f"wnid {wnid} is not in the class list")
         if self.images is not None:
             image = v.image_file(self.images, _image_path(wnid, stem))
@@ -254,6 +316,13 @@ def _image_path(wnid: str, stem: str) -> str:
 
 
 _SPECIAL_WHY = "a link, device or other non-regular member (never followed)"
+_JUNK_WHAT = {True: "AppleDouble (._*) files", False: ".DS_Store-like files"}
+
+
+def _wnids(blocks) -> list[str]:
+    """The wnids of the annotation members of some blocks (links and junk make no class)."""
+    return sorted({p[0] for b in blocks for n, k in zip(b.names, b.kinds.tolist(), strict=True)
+                   if k != SPECIAL and (p := split_member_name(n))})  # fmt: skip
 
 
 def _error_detail(doc: bytes, err: int, at: int) -> str:
