@@ -7,6 +7,7 @@ timeout (an FFCV stage can hang instead of raising).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -231,3 +232,27 @@ def test_batch_is_a_named_tuple_of_tensors():
                              "point_weights", "indices")  # fmt: skip
     t = torch.zeros(1)
     assert Batch(t, t, t, t, None, None, None, t).maps is None
+
+
+@pytest.mark.timeout(600)
+def test_trainer_takes_every_loader(root, tmp_path):
+    """``--loader`` reaches make_loader and nothing else: one epoch of the trainer on the same
+    .beton with each loader takes the same number of steps with finite losses."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `train` is not installed
+    from train import fast_train as ft
+
+    path = built(root, KIND)
+    steps = {}
+    for kind in LOADER_KINDS:
+        if kind == "dali" and not _has_dali():
+            continue
+        out = tmp_path / kind
+        ft.main(["--train", str(path), "--loader", kind, "--label-field", "labels",
+                 "--model", "resnet_small", "--batch-size", "16", "--min-res", "32",
+                 "--max-res", "32", "--epochs", "1", "--workers", "0", "--mu", "1",
+                 "--log-every", "1", "--quiet", "--out", str(out)])  # fmt: skip
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        losses = [r["loss"] for r in records if r["event"] == "train"]
+        assert losses and all(np.isfinite(losses)), kind
+        steps[kind] = len(losses)
+    assert len(set(steps.values())) == 1 and steps["torch"] == _n_samples(path) // 16, steps
