@@ -25,7 +25,7 @@ import difflib
 import importlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -203,9 +203,6 @@ class LoaderSettings:
     def batches_per_epoch(self, n_samples: int) -> int:
         return num_batches(len(self.subset(n_samples)), int(self.batch_size), self.drop_last,
                            self.world_size)  # fmt: skip
-
-    def replace(self, **changes: Any) -> LoaderSettings:
-        return replace(self, **changes)
 
 
 KNOBS = tuple(f.name for f in fields(LoaderSettings))

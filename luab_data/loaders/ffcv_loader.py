@@ -28,7 +28,7 @@ from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 from ffcv.traversal_order.base import TraversalOrder
 
 from luab_data.beton.integrity import check_beton
-from luab_data.loaders.contract import (  # noqa: F401 (Batch, FieldNames: re-exported)
+from luab_data.loaders.contract import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Batch,
