@@ -169,14 +169,17 @@ def collate(samples: list[dict[str, Any]], squeeze_points: bool = False) -> dict
 def _open_samples(src: str | Path, settings: LoaderSettings, images: str | Path | None,
                   options: Any) -> BetonSamples | RecordSamples:  # fmt: skip
     """A .beton (by name or content), else records/Parquet; one clear ValueError or
-    FileNotFoundError for anything else. A folder is records: no .beton reader (nor FFCV)."""
+    FileNotFoundError for anything else. A folder not named .beton is records: no .beton
+    reader (nor FFCV) is imported for it."""
     from luab_data.sources import SourceError
 
-    if not Path(src).is_dir():
+    folder = Path(src).is_dir()
+    if not folder or Path(src).suffix == ".beton":
         from luab_data.beton.file import is_beton
         from luab_data.beton.integrity import check_path
 
-        check_path(src)
+        if not folder:
+            check_path(src)
         if is_beton(src):
             return BetonSamples(src, settings.field_names(src))
     try:
