@@ -10,6 +10,11 @@ the tests), one entry per comparison:
 
 Ratios are computed per interleaved repetition and then summarised, so that a slow moment of a
 shared machine hits both sides of a ratio alike.
+
+`bench` is a command of a source checkout: the stages measure against baselines that live
+beside them (benchmarks/official_loader.py, the FFCV plain pipeline, train/fast_train.py), import
+each other and keep reference results in benchmarks/results/. Shipping them in the wheel would
+make baselines and the trainer library code; an installed luab-data says so instead.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import click
+
 
 class StageSkipped(Exception):  # noqa: N818 - read as "the stage was skipped: <why>"
     """Raised by a stage's run() that cannot measure on this machine (e.g. needs a GPU)."""
@@ -31,8 +38,21 @@ class StageSkipped(Exception):  # noqa: N818 - read as "the stage was skipped: <
 STAGES = ("ingest", "raster", "pack", "load", "dali", "train")
 
 
+class NotACheckout(click.ClickException):
+    """`bench` needs the benchmarks/ folder of a source checkout beside the package."""
+
+
 def benchmarks_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "benchmarks"
+    """benchmarks/ of the checkout this package runs from (an editable install or the tree)."""
+    package = Path(__file__).resolve().parent
+    found = package.parent / "benchmarks"
+    if not (found / "bench_ingest.py").is_file():
+        raise NotACheckout(
+            f"luab-data bench runs the benchmarks of a source checkout (benchmarks/ beside "
+            f"luab_data/), and this luab-data is installed without them ({package}): clone the "
+            f"repository, run `bash scripts/setup.sh` there, then `.venv/bin/luab-data bench`"
+        )
+    return found
 
 
 def spread(values: Sequence[float]) -> dict:
@@ -89,7 +109,7 @@ def _versions() -> dict:
 
     out = {}
     for name in ("luab-data", "numpy", "numba", "pyarrow", "torch", "ffcv", "opencv-python",
-                 "nvidia-dali-cuda120"):  # fmt: skip
+                 "nvidia-dali-cuda130", "torchvision", "timm"):  # fmt: skip
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -99,6 +119,7 @@ def _versions() -> dict:
 
 def run_bench(stages: Sequence[str], quick: bool, data: Path, echo=print, tiny=False) -> dict:
     """Run the stages in order; a stage that cannot run here says why instead of failing."""
+    benchmarks_dir()  # outside a checkout: one clear error before any work
     report = {"machine": machine_info(), "quick": quick, "stages": {}}
     for stage in stages:
         module = _stage_module(stage)
