@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
 import click
@@ -246,6 +247,37 @@ def inspect_cmd(path, kind, as_json, quiet):
     click.echo(format_summary(stats))
     rejected = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.rejects.items())) or "none"
     click.echo(f"rejects               {rejected}")
+
+
+# --- merge ----------------------------------------------------------------------------------
+@main.command("merge")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("shards", nargs=-1, required=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it is already complete.")
+def merge_cmd(out, shards, overwrite):
+    """Join the shards of one .beton build (--shard i/n) into OUT, one dataset the loaders
+    open, without decoding or re-encoding anything: the data pages are copied and the
+    pointers, sample ids and index rewritten. SHARDS are files, folders or globs.
+
+    \b
+    Refused, naming the shard and the difference: shards of different builds (options,
+    fields, class list, map size), overlapping keys, a missing shard of the i/n set, a
+    shard without its manifest (an unfinished build). OUT appears atomically; its manifest
+    names the shards and their checksums.
+    """
+    from luab_data.beton.merge import MergeError
+    from luab_data.writers.merge import merge_betons
+
+    start = time.perf_counter()
+    try:
+        manifest = merge_betons(Path(out), shards, overwrite=overwrite)
+    except (MergeError, FileExistsError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    seconds = time.perf_counter() - start
+    size = manifest["bytes"]
+    click.echo(f"merged {len(manifest['merged_from'])} shards, {len(manifest['keys']):,} samples, "
+               f"{size / 2**20:,.0f} MiB in {seconds:.1f} s ({size / 2**20 / seconds:,.0f} MiB/s)")
+    click.echo(f"wrote {out} and {out}.json")
 
 
 # --- bench ----------------------------------------------------------------------------------

@@ -9,9 +9,10 @@ writer wait for ever).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from contextlib import suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from multiprocessing import RawArray
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ class Block:
     start: int
     labels: np.ndarray
     images: list  # relative paths, or JPEG bytes when the records carry them
+    keys: list = field(default_factory=list)
     maps: np.ndarray | None = None
     points: np.ndarray | None = None
     traces: np.ndarray | None = None
@@ -60,7 +62,7 @@ def block_arrays(table: pa.Table, start: int, options: BetonOptions, n_labels: i
 
     images = table.column("jpeg" if "jpeg" in table.column_names else "image").to_pylist()
     sizes = [table.column(c).to_numpy(zero_copy_only=False) for c in ("width", "height")]
-    block = Block(start, _labels(table, n_labels), images,
+    block = Block(start, _labels(table, n_labels), images, table.column("key").to_pylist(),
                   sizes=np.ascontiguousarray(np.stack(sizes, axis=1), np.int32))  # fmt: skip
     if not options.byproducts:
         return block
@@ -82,11 +84,12 @@ def _labels(table: pa.Table, n_labels: int) -> np.ndarray:
     return hot
 
 
-def proportion_jpeg(index: int, p: float) -> bool:
-    """Which samples `write_mode='proportion'` compresses: a golden-ratio sequence, so exactly
-    a share p of any run of samples, the same in every build (FFCV draws it from NumPy's
-    global generator, which forked writer processes all share)."""
-    return ((index + 1) * 0.6180339887498949) % 1.0 < p
+def proportion_jpeg(key: str, p: float) -> bool:
+    """Which samples `write_mode='proportion'` compresses: decided by a hash of the record's
+    key, so a sample is stored alike in every build, sharded or not (the shards of a build
+    merge into the file a single build writes). FFCV would draw it from NumPy's generator."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8, person=b"luab-jpeg").digest()
+    return int.from_bytes(digest, "little") / 2.0**64 < p
 
 
 # ---------------------------------------------------------------- the writer's dataset
@@ -139,7 +142,7 @@ class PackSamples:
     def sample(self, index: int) -> tuple:
         block = self.block(index)
         r = index - block.start
-        self._set_mode(index)
+        self._set_mode(block.keys[r])
         try:
             image = self.image(block.images[r], block.sizes[r])
         except (OSError, ValueError, cv2.error):
@@ -198,11 +201,11 @@ class PackSamples:
             raise OSError("no image folder")
         return read_image(self.images / ref, self.options.max_pixels)
 
-    def _set_mode(self, index: int) -> None:
+    def _set_mode(self, key: str) -> None:
         """Per-sample JPEG/raw choice of 'proportion' mode, made here deterministically; the
         field object is this process's (forked) copy, read by FFCV right after this call."""
         if self.options.write_mode == "proportion":
-            jpg = proportion_jpeg(index, self.options.compress_probability)
+            jpg = proportion_jpeg(key, self.options.compress_probability)
             self.fields[IMAGE].write_mode = "jpg" if jpg else "raw"
 
 
