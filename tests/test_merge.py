@@ -12,8 +12,8 @@ from beton_fixtures import OPTIONS, sample_dir, source_path
 from click.testing import CliRunner
 
 from luab_data.beton.file import BetonFile
-from luab_data.beton.merge import MergeError, refuse_shards
-from luab_data.beton.paths import beton_path, manifest_path
+from luab_data.beton.merge import MergeError
+from luab_data.beton.paths import ShardsNotMerged, beton_path, manifest_path, refuse_shards
 from luab_data.cli import main
 from luab_data.sources import open_source
 from luab_data.writers.beton import build_beton
@@ -120,11 +120,16 @@ def test_overlapping_keys_are_refused(root, shards, tmp_path):
 
 
 def test_loaders_refuse_shards_with_the_merge_command(root, shards):
-    with pytest.raises(MergeError, match="luab-data merge"):
+    with pytest.raises(ShardsNotMerged, match="luab-data merge"):
         refuse_shards(shards[0].parent)
-    with pytest.raises(MergeError, match=r"shard 1/3 .*`luab-data merge"):
+    with pytest.raises(ShardsNotMerged, match=r"shard 1/3 .*`luab-data merge"):
         refuse_shards(shards[1])
     refuse_shards(root / "single" / "all.beton")  # a whole dataset passes
+    from luab_data.loaders import make_loader
+
+    for kind in ("torch", "ffcv", "dali"):
+        with pytest.raises(ShardsNotMerged, match="luab-data merge"):
+            make_loader(kind, shards[0].parent, batch_size=4)
 
 
 def test_shards_store_each_sample_as_a_single_build_does(single, shards):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -223,24 +222,3 @@ def merged_manifest(out: Path, tmp: Path, shards: Sequence[Path], manifests: Seq
                         for s, m in zip(shards, manifests, strict=True)],
         "keys": [k for m in manifests for k in m["keys"]],
     }
-
-
-_SHARD_NAME = re.compile(r".+-(\d{5})-of-(\d{5})\.beton")
-
-
-def refuse_shards(path: str | Path) -> None:
-    """A loader reads one whole dataset: a folder of shards, or one shard of an `i/n` build,
-    is refused with the command that joins them (by name: no manifest is read)."""
-    path = Path(path)
-    if path.is_dir():
-        shards = sorted(p for p in path.glob("*.beton") if _SHARD_NAME.fullmatch(p.name))
-        if shards:
-            raise MergeError(f"{path} is a folder of {len(shards)} shards, not a dataset: join "
-                             f"them first with `luab-data merge {path / 'merged.beton'} {path}`")
-        return
-    match = _SHARD_NAME.fullmatch(path.name)
-    if match and int(match.group(2)) > 1:
-        joined = path.with_name(path.name[: match.start(1) - 1] + ".beton")
-        raise MergeError(f"{path} is shard {int(match.group(1))}/{int(match.group(2))} of a "
-                         f"sharded build: join the shards first with `luab-data merge {joined} "
-                         f"{path.parent / (joined.stem + '-*-of-*.beton')}`")

@@ -53,6 +53,7 @@ from nvidia.dali import fn, pipeline_def, types
 from luab_data import geometry as geo
 from luab_data.beton.batch_file import BatchBetonFile, ImageTable
 from luab_data.beton.fields import RAW_MODE
+from luab_data.beton.paths import refuse_shards
 from luab_data.loaders.contract import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -352,6 +353,7 @@ class DaliLoader:
                               self.EXTRAS)  # fmt: skip
         self.settings, self.rule = s, s.crop
         self.options = _graph_options(s, hw_decoder_load, decoder_options)
+        refuse_shards(path)  # a shard or a folder of shards: say to merge them first
         self.beton = BatchBetonFile(path)
         self.batch_size = int(s.batch_size)
         self.n_samples = self.beton.num_samples

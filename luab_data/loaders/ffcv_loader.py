@@ -28,6 +28,7 @@ from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 from ffcv.traversal_order.base import TraversalOrder
 
 from luab_data.beton.integrity import check_beton
+from luab_data.beton.paths import refuse_shards
 from luab_data.loaders.contract import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -117,6 +118,7 @@ class CoupledLoader:
         **knobs: Any,
     ) -> None:
         s = LoaderSettings.of(type(self).__name__, {"batch_size": batch_size, **knobs}, self.EXTRAS)
+        refuse_shards(path)  # a shard or a folder of shards: say to merge them first
         check_beton(path)  # one clear error for a missing, foreign, cut or damaged file
         reader = Reader(str(path))
         self.settings, self.names = s, s.field_names(path)

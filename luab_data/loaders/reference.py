@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from luab_data import geometry as geo
+from luab_data.beton.paths import refuse_shards
 from luab_data.loaders.contract import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -173,6 +174,7 @@ def _open_samples(src: str | Path, settings: LoaderSettings, images: str | Path 
     reader (nor FFCV) is imported for it."""
     from luab_data.sources import SourceError
 
+    refuse_shards(src)  # a shard or a folder of shards: say to merge them first
     folder = Path(src).is_dir()
     if not folder or Path(src).suffix == ".beton":
         from luab_data.beton.file import is_beton
