@@ -215,3 +215,28 @@ def test_planted_bad_fields_cover_out_of_range_values(kind, tmp_path):
         shown = '"' if value == "text" else str(value)  # "text": the number as a JSON string
         assert any(name in d and shown in d for d in details), (name, value, details)
     assert table.num_rows > 0
+
+
+@pytest.mark.parametrize("read_size", [64, 1 << 20])
+def test_coco_reader_resumes_after_each_broken_element(tmp_path, monkeypatch, read_size):
+    """ijson stops at a syntax error (or a NaN, which yajl refuses): the element is found by
+    its boundaries, decoded alone or reported, and reading resumes; also when the boundary
+    search and the decoding need several reads (a small read size)."""
+    from luab_data.sources import ijson_list
+
+    monkeypatch.setattr(ijson_list, "READ_SIZE", read_size)
+    parts = [json.dumps(coco_record(i, trace=[(j, 0.5, 0.5) for j in range(20)]))
+             for i in range(1, 31)]  # fmt: skip
+    parts[2] = parts[2].replace('"x": 0.5', '"x": ', 1)  # image_id 3: broken
+    parts[16] = parts[16].replace('"page_id": 4', '"page_id": 4 4')  # image_id 17: broken
+    parts[9] = json.dumps(coco_record(10, trace=[(1, float("nan"), 0.5)]))  # NaN: decoded
+    parts[29] = parts[29][:-1]  # the last element is cut: then the list closes
+    path = tmp_path / "c.json"
+    path.write_text("[" + ",\n".join(parts) + " ,\n]")
+    table, rejects = read_records(path)
+    assert sorted(map(int, table.column("key").to_pylist())) == [
+        i for i in range(1, 30) if i not in (3, 10, 17)]
+    assert [(r.key, r.reason, r.where) for r in rejects] == [
+        ("3", "malformed-json", "c.json[2]"), ("10", "bad-coordinates", "c.json[9]"),
+        ("17", "malformed-json", "c.json[16]"), ("30", "malformed-json", "c.json[29]")]
+    assert "invalid JSON" in rejects[0].detail and "byte" in rejects[0].detail

@@ -25,7 +25,7 @@ from luab_data.sources.progress import Progress
 from luab_data.sources.sharding import in_shard
 
 POLICIES = ("replay", "last-add")
-BATCH = 2048  # elements per Arrow batch
+BATCH = 256  # elements per Arrow batch
 # Keys of a record object (never of the objects nested in it): where the next element begins.
 TOP_KEYS = ("image_id", "worker_id", "hit_id", "page_id", "imageWidth", "imageHeight",
             "originalImageWidth", "originalImageHeight", "timeSpent", "actionHistories",
