@@ -52,6 +52,7 @@ def make_data(work: Path, rho: float, size: int, seed: int) -> tuple[Path, Path]
     if not Path(f"{beton}.json").exists():
         subprocess.run([*CLI, "build", "--src", str(sample / "imagenet_ab_v1_0.tar.gz"),
                         "--images", str(sample), "--out", str(beton), "--recipe", "sample",
+                        "--classes", str(sample / "classes.txt"),  # 10-way, not ImageNet-1k
                         "--overwrite", "--quiet"], check=True)  # fmt: skip
     return sample, beton
 
