@@ -21,7 +21,9 @@ from luab_data.stats import collect, format_summary
 from luab_data.writers.atomic import atomic_path
 from luab_data.writers.beton_cli import (
     beton_build_options,
+    check_inputs,
     output_format,
+    refuse_inapplicable,
     run_beton_build,
 )
 
@@ -31,6 +33,10 @@ from luab_data.writers.beton_cli import (
 def main() -> None:
     """Learning using annotation byproducts: turn the ImageNet-AB / COCO-AB releases into
     packed, GPU-ready datasets (Parquet, FFCV .beton) and feed a multitask trainer.
+
+    Inputs: --src names a source (a release, records, or built Parquet) in every command
+    (build, export, inspect, verify); a .beton that a command checks or shows is its
+    argument (verify, show), as are merge's output and shards.
 
     \b
     Typical use:
@@ -60,8 +66,9 @@ def _source_options(f):
         "classes_file",
         type=click.Path(exists=True, dir_okay=False),
         default=None,
-        help="ImageNet class list (one wnid per line or a JSON list); "
-        "labels index it. Default: the sorted wnids of the whole source.",
+        help="ImageNet class list (one wnid per line or a JSON list); labels index it. "
+        "Default: the 1,000 ImageNet-1k wnids when the source holds only those, else the "
+        "sorted wnids of the whole source (with a warning).",
     )(f)
     f = click.option(
         "--coco-policy",
@@ -153,6 +160,8 @@ def build(ctx, src, kind, classes_file, coco_policy, images, with_images, out, f
     except ValueError as err:
         _fail(err)
     fmt = fmt or output_format(out, recipe)
+    refuse_inapplicable(ctx, fmt)
+    check_inputs(src, kind, images, out, fmt)
     if fmt == "beton":
         if ctx.get_parameter_source("coco_policy").name == "DEFAULT":
             coco_policy = recipe.get("build", {}).get("coco_policy", coco_policy)
@@ -225,13 +234,19 @@ def export(src, kind, classes_file, coco_policy, out, fmt, rejects, strict, quie
 
 # --- inspect --------------------------------------------------------------------------------
 @main.command("inspect")
-@click.argument("path", type=click.Path(exists=True))
+@click.argument("path", type=click.Path(exists=True), required=False)
+@click.option("--src", type=click.Path(exists=True), default=None,
+              help="The source or output to inspect (the same as PATH, as in build and export).")
 @click.option("--kind", type=click.Choice(KINDS), default=None, help="Force the kind of PATH.")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def inspect_cmd(path, kind, as_json, quiet):
+def inspect_cmd(path, src, kind, as_json, quiet):
     """Counts and distributions of a source or a built output: trace lengths, durations,
-    click positions, votes, annotators, classes, and the rejects a build would make."""
+    click positions, votes, annotators, classes, and the rejects a build would make.
+    PATH or --src: a release, records, or a built Parquet folder."""
+    if (path is None) == (src is None):
+        raise click.UsageError("give the source once: PATH or --src")
+    path = path or src
     summary = Summary()
     try:
         source = open_source(path, kind)

@@ -135,3 +135,34 @@ def test_clear_error_for_unknown_source(tmp_path):
     junk.write_bytes(b"\x00garbage")
     result = run("inspect", junk, "--quiet")
     assert result.exit_code != 0 and "--kind" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--out", "{tmp}/pq", "--map-size", "32"], "--map-size only applies to a .beton"),
+        (["--out", "{tmp}/pq", "--max-pixels", "9", "--sigma", "4px"],
+         "--max-pixels, --sigma only apply to a .beton"),
+        (["--out", "{tmp}/x.beton", "--rows-per-file", "5", "--images", "{tmp}"],
+         "--rows-per-file only applies to Parquet"),
+        (["--out", "{tmp}/x.beton"], "needs its images: --images"),
+        (["--out", "{tmp}/afile", "--format", "parquet"], "is a file: a Parquet build"),
+        (["--out", "{tmp}", "--format", "beton", "--images", "{tmp}"], "is a folder: a .beton"),
+        (["--out", "{tmp}/pq", "--classes", "{tmp}/missing.txt"], "does not exist"),
+    ],
+)
+def test_build_refuses_inapplicable_options_and_bad_paths_before_reading(tar, tmp_path, args,
+                                                                         message):  # fmt: skip
+    (tmp_path / "afile").write_text("x")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = run("build", "--src", str(tar), *argv)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "pq").exists() and not (tmp_path / "x.beton").exists()
+
+
+def test_inspect_takes_the_source_as_argument_or_src(tar):
+    by_arg, by_src = run("inspect", str(tar), "--json"), run("inspect", "--src", str(tar), "--json")
+    assert by_arg.exit_code == by_src.exit_code == 0
+    assert json.loads(by_arg.stdout)["records"] == json.loads(by_src.stdout)["records"]
+    assert run("inspect").exit_code == 2

@@ -16,7 +16,8 @@ from luab_data.sources.parquet import PARQUET
 from luab_data.sources.sharding import parse_shard
 from luab_data.writers.beton import build_beton
 
-__all__ = ["beton_build_options", "output_format", "run_beton_build"]
+__all__ = ["beton_build_options", "check_inputs", "output_format", "refuse_inapplicable",
+           "run_beton_build"]
 
 
 def _map_size(ctx, param, value: str | None) -> tuple[int, int] | None:
@@ -43,36 +44,84 @@ def _sigma(ctx, param, value: str | None) -> tuple[float, str] | None:
         raise click.BadParameter("expected a number, e.g. 0.03 or 12px") from None
 
 
+def _defaults() -> dict[str, Any]:
+    """The build options' defaults as the code defines them (for --help)."""
+    from dataclasses import fields
+
+    from luab_data.beton.fields import BetonOptions
+    from luab_data.raster.config import RasterConfig
+
+    out = {f.name: f.default for f in fields(BetonOptions)}
+    raster = {f.name: f.default for f in fields(RasterConfig)}
+    rows, cols = raster["size"]
+    out["map_size"] = rows if rows == cols else f"{rows}x{cols}"
+    px = raster["sigma_units"] == "px"
+    out["sigma"] = f"{raster['sigma']}px" if px else raster["sigma"]
+    return out
+
+
+_D = _defaults()
+BETON_ONLY = ("map_size", "sigma", "max_resolution", "jpeg_quality", "write_mode",
+              "compress_probability", "trace_points", "per_class_maps", "no_byproducts",
+              "max_pixels", "size_tolerance")  # fmt: skip
 _OPTIONS = [
     click.option("--recipe", default=None,
                  help="Build settings from luab_data/pipelines/<NAME>.json (imagenet-ab, coco-ab, "
                  "sample) or a .json path; options given here win."),
     click.option("--map-size", callback=_map_size, default=None,
-                 help=".beton: attention map cells, N or HxW  [default: 64]"),
+                 help=f".beton: attention map cells, N or HxW  [default: {_D['map_size']}]"),
     click.option("--sigma", callback=_sigma, default=None,
                  help=".beton: Gaussian sigma, a fraction of the long side (0.03) or pixels "
-                 "(12px)  [default: 0.03]"),
+                 f"(12px)  [default: {_D['sigma']}]"),
     click.option("--max-resolution", type=int, default=None,
-                 help=".beton: longest stored image side, 0 keeps the original  [default: 500]"),
+                 help=".beton: longest stored image side, 0 keeps the original  "
+                 f"[default: {_D['max_resolution']}]"),
     click.option("--jpeg-quality", type=click.IntRange(1, 100), default=None,
-                 help=".beton: JPEG quality of stored images  [default: 90]"),
+                 help=f".beton: JPEG quality of stored images  [default: {_D['jpeg_quality']}]"),
     click.option("--write-mode", type=click.Choice(WRITE_MODES), default=None,
-                 help=".beton: FFCV image storage  [default: proportion]"),
+                 help=f".beton: FFCV image storage  [default: {_D['write_mode']}]"),
     click.option("--compress-probability", type=click.FloatRange(0, 1), default=None,
-                 help=".beton: share of JPEG images in 'proportion' mode  [default: 0.5]"),
+                 help=".beton: share of JPEG images in 'proportion' mode  "
+                 f"[default: {_D['compress_probability']}]"),
     click.option("--trace-points", type=click.IntRange(1), default=None,
-                 help=".beton: trace resampled to K points  [default: 32]"),
+                 help=f".beton: trace resampled to K points  [default: {_D['trace_points']}]"),
     click.option("--per-class-maps/--no-per-class-maps", default=None,
                  help=".beton, COCO-AB: one click map per class instead of one for all."),
     click.option("--no-byproducts", is_flag=True,
                  help=".beton: images and labels only (FFCV's plain recipe, for comparison)."),
     click.option("--max-pixels", type=click.IntRange(1), default=None,
                  help=".beton: images whose header declares more pixels are rejected "
-                 "(bad-image) without being decoded  [default: 100000000]"),
+                 f"(bad-image) without being decoded  [default: {_D['max_pixels']}]"),
     click.option("--size-tolerance", type=click.FloatRange(0), default=None,
                  help=".beton: images whose declared width or height differs from the "
-                 "record's by more than this share (+2 px) are rejected  [default: 0.05]"),
+                 f"record's by more than this share (+2 px) are rejected  "
+                 f"[default: {_D['size_tolerance']}]"),
 ]  # fmt: skip
+
+
+def refuse_inapplicable(ctx: click.Context, fmt: str) -> None:
+    """Options given on the command line that the chosen output ignores are an error."""
+    typed = click.core.ParameterSource.COMMANDLINE
+    given = {name for name in ctx.params if ctx.get_parameter_source(name) == typed}
+    wrong = BETON_ONLY if fmt == "parquet" else ("rows_per_file", "with_images")
+    if bad := sorted(given & set(wrong)):
+        names = ", ".join("--" + n.replace("_", "-") for n in bad)
+        other = "a .beton output (--out X.beton)" if fmt == "parquet" else "Parquet output"
+        raise click.UsageError(f"{names} only appl{'ies' if len(bad) == 1 else 'y'} to {other}; "
+                               f"this build writes {fmt}")  # fmt: skip
+
+
+def check_inputs(src: str, kind: str | None, images: str | None, out: str, fmt: str) -> None:
+    """What can be known wrong before any record is read."""
+    out_path = Path(out)
+    if fmt == "parquet" and out_path.is_file():
+        raise click.UsageError(f"--out {out} is a file: a Parquet build writes a folder")
+    if fmt == "beton" and out_path.is_dir():
+        raise click.UsageError(f"--out {out} is a folder: a .beton build writes one file")
+    if fmt == "beton" and images is None and (kind or detect_kind(Path(src))) not in (
+            RECORDS, PARQUET):  # fmt: skip
+        raise click.UsageError("a .beton build of a release needs its images: --images DIR "
+                               "(the folder holding train/ or train2014/, or that folder)")
 
 
 def beton_build_options(f):
