@@ -262,6 +262,8 @@ def inspect_cmd(path, src, kind, as_json, quiet):
     click.echo(format_summary(stats))
     rejected = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.rejects.items())) or "none"
     click.echo(f"rejects               {rejected}")
+    for note in summary.notes:
+        click.echo(note)
 
 
 # --- merge ----------------------------------------------------------------------------------

@@ -138,3 +138,4 @@ def iterate(
             bar.set_postfix(records=summary.records, rejects=sum(summary.rejects.values()))
             yield batch
     summary.seconds = time.perf_counter() - start
+    summary.notes += getattr(source, "notes", list)()  # what the read skipped, counted
