@@ -10,13 +10,12 @@ from pathlib import Path
 import click
 
 from luab_data import __version__, bench
-from luab_data.build import build_parquet
-from luab_data.ingest import StrictError, Summary, iterate, resolve_images
+from luab_data.ingest import StrictError, Summary, iterate
+from luab_data.ray_build import BuildJob, check_engine, ray_options
 from luab_data.recipes import load_recipe
-from luab_data.sources import KINDS, SourceError, detect_kind, open_source, read_class_file
+from luab_data.sources import KINDS, SourceError, open_source, read_class_file
 from luab_data.sources.coco_ab import POLICIES
 from luab_data.sources.interchange import write_interchange
-from luab_data.sources.sharding import parse_shard
 from luab_data.stats import collect, format_summary
 from luab_data.writers.atomic import atomic_path
 from luab_data.writers.beton_cli import (
@@ -26,6 +25,7 @@ from luab_data.writers.beton_cli import (
     refuse_inapplicable,
     run_beton_build,
 )
+from luab_data.writers.parquet_cli import run_parquet_build
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -143,10 +143,12 @@ def _fail(err: Exception) -> None:
     help="Parser threads; .beton: writer processes (default: all cores).",
 )
 @beton_build_options
+@ray_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def build(ctx, src, kind, classes_file, coco_policy, images, with_images, out, fmt, shard, strict,
-          overwrite, rows_per_file, workers, quiet, **beton):  # fmt: skip
+          overwrite, rows_per_file, workers, engine, address, shards, no_merge, quiet,
+          **beton):  # fmt: skip
     """Read a release (or records) and write canonical records as Parquet shards, or pack
     images and byproducts into an FFCV .beton (--out X.beton, with --images).
 
@@ -161,10 +163,16 @@ def build(ctx, src, kind, classes_file, coco_policy, images, with_images, out, f
         _fail(err)
     fmt = fmt or output_format(out, recipe)
     refuse_inapplicable(ctx, fmt)
+    check_engine(ctx, engine)
     check_inputs(src, kind, images, out, fmt)
+    if fmt == "beton" and ctx.get_parameter_source("coco_policy").name == "DEFAULT":
+        coco_policy = recipe.get("build", {}).get("coco_policy", coco_policy)
+    if engine == "ray":
+        job = BuildJob(src, out, fmt, kind, classes_file, coco_policy, images, with_images,
+                       strict, rows_per_file, recipe, beton)  # fmt: skip
+        _build_on_ray(job, address, shards, not no_merge, overwrite, quiet)
+        return
     if fmt == "beton":
-        if ctx.get_parameter_source("coco_policy").name == "DEFAULT":
-            coco_policy = recipe.get("build", {}).get("coco_policy", coco_policy)
         beton["with_images"] = with_images
         try:
             summary = run_beton_build(src, kind, classes_file, coco_policy, images, out, shard,
@@ -174,17 +182,26 @@ def build(ctx, src, kind, classes_file, coco_policy, images, with_images, out, f
         click.echo("\n".join(summary.lines()))
         return
     try:
-        shard_ = parse_shard(shard)
-        notes = []
-        if images:
-            images, note = resolve_images(images, kind or detect_kind(Path(src)))
-            notes.append(note)
-        source = _open(src, kind, classes_file, coco_policy, images=images,
-                       with_jpeg=with_images, workers=workers)  # fmt: skip
-        summary = build_parquet(source, Path(out), shard_, strict=strict, overwrite=overwrite,
-                                rows_per_file=rows_per_file, show_progress=not quiet,
-                                notes=notes)  # fmt: skip
+        summary = run_parquet_build(src, kind, classes_file, coco_policy, images, with_images,
+                                    out, shard, strict, overwrite, rows_per_file, workers,
+                                    quiet)  # fmt: skip
     except (SourceError, StrictError, FileExistsError, ValueError) as err:
+        _fail(err)
+    click.echo("\n".join(summary.lines()))
+
+
+def _build_on_ray(job: BuildJob, address: str | None, shards: int | None, merge: bool,
+                  overwrite: bool, quiet: bool) -> None:  # fmt: skip
+    try:
+        from luab_data.ray_build import ShardsFailed, build_on_ray
+
+        summary = build_on_ray(job, address=address, shards=shards, merge=merge,
+                               overwrite=overwrite, quiet=quiet)  # fmt: skip
+    except ModuleNotFoundError as err:
+        if err.name != "ray":
+            raise
+        _fail(RuntimeError("--engine ray needs Ray: pip install 'luab-data[ray]'"))
+    except (ShardsFailed, SourceError, StrictError, FileExistsError, ValueError) as err:
         _fail(err)
     click.echo("\n".join(summary.lines()))
 
