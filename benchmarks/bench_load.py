@@ -7,6 +7,8 @@ repetitions; images/s, median and min-max):
   (c) the reference PyTorch loader (OpenCV decode + the shared geometry, torch DataLoader)
   (d) a reproduction of the official example loader (PIL decode, one XML parse per sample from
       the extracted train_xml/ folder, torchvision's RRC rule with PIL; official_loader.py)
+  (e) torchvision.transforms.v2 as its users write it: decode_jpeg, the same XML parse, one
+      v2 RandomResizedCrop + flip of Image, BoundingBoxes and KeyPoints together (tv2_loader.py)
 Packing (interleaved builds of the same images, ffcv-imagenet's recipe 500 px / 50 % JPEG / q90):
   ours with byproducts (default imagenet-ab recipe: 2 x 64 x 64 maps, point, 32-point trace,
   size, index), ours with images and labels only, and FFCV's plain writer over the image folder;
@@ -33,11 +35,12 @@ import cv2
 
 RESULTS = Path(__file__).resolve().parent / "results" / "load.json"
 BATCH, IMAGE, MAP = 64, 224, 14
-OURS, PLAIN, REF, OFFICIAL = (
+OURS, PLAIN, REF, OFFICIAL, TV2 = (
     "ours: coupled FFCV, +14x14 map +point",
     "plain FFCV, image+label",
     "reference PyTorch (OpenCV)",
     "official example (PIL + XML)",
+    "torchvision.transforms.v2 (decode_jpeg)",
 )
 COUPLED_BARE = "coupled FFCV, image+label only"
 PACK_OURS, PACK_BARE, PACK_FFCV = (
@@ -178,6 +181,7 @@ def _plain_ffcv(path: Path, workers: int):
 def make_loaders(beton: Path, sample: Path, workers: int, bare: bool = True) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from official_loader import official_loader
+    from tv2_loader import torchvision_loader
 
     from luab_data.loaders.contract import FieldNames, make_loader
 
@@ -189,6 +193,7 @@ def make_loaders(beton: Path, sample: Path, workers: int, bare: bool = True) -> 
                                             **common)  # fmt: skip
     loaders[REF] = make_loader("torch", beton, **common)
     loaders[OFFICIAL] = official_loader(sample, sample / "train_xml", classes, BATCH, workers)
+    loaders[TV2] = torchvision_loader(sample, sample / "train_xml", classes, BATCH, workers, IMAGE)
     return loaders
 
 
@@ -240,7 +245,7 @@ def _entry(stage: str, name: str, unit: str, results: dict, ratios: dict, **extr
 
 
 def run(quick: bool, data: Path, tiny: bool = False) -> list[dict]:
-    """The load stage of `luab-data bench`: images/s of (a)-(d) and their ratios."""
+    """The load stage of `luab-data bench`: images/s of (a)-(e) and their ratios."""
     n, reps, _, sides = _sizes(tiny, quick)
     sample = prepare(Path(data), n, sides)
     beton = Path(data) / "load.beton"

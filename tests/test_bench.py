@@ -49,3 +49,11 @@ def test_report_schema_is_complete(report, tmp_path):
     assert png.stat().st_size > 1000
     text = bench.table(report)
     assert "machine:" in text and "ingest" in text and "x (" in text
+
+
+@pytest.mark.timeout(600)
+def test_load_stage_has_the_torchvision_peer(report):
+    """(e) torchvision.transforms.v2 runs beside ours and has its ratio."""
+    (entry,) = report["stages"]["load"]["entries"]
+    peer = next(name for name in entry["results"] if name.startswith("torchvision.transforms.v2"))
+    assert any(label.endswith(f" / {peer}") for label in entry["ratios"])
