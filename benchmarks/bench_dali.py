@@ -93,9 +93,15 @@ def make_loaders(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The contenders, all yielding the same batches of the same samples."""
     from luab_data.loaders.contract import make_loader
 
-    common = {"batch_size": args.batch, "image_size": args.image_size, "seed": 0,
-              "map_size": args.map_size, "normalize": args.normalize, "workers": args.threads,
-              "drop_last": True}  # fmt: skip
+    common = {
+        "batch_size": args.batch,
+        "image_size": args.image_size,
+        "seed": 0,
+        "map_size": args.map_size,
+        "normalize": args.normalize,
+        "workers": args.threads,
+        "drop_last": True,
+    }
     gpu = args.device == "gpu"
     loaders = {
         "ffcv": make_loader("ffcv", path, device="cuda:0" if gpu else None, **common),
@@ -133,8 +139,12 @@ def measure(loaders: dict[str, Any], reps: int, sync: Callable[[], None]) -> dic
 
 def summary(values: list[float]) -> dict[str, Any]:
     r = 3 if max(values) < 10 else 1  # ratios keep 3 decimals, rates 1
-    return {"median": round(statistics.median(values), r), "min": round(min(values), r),
-            "max": round(max(values), r), "runs": [round(v, r) for v in values]}  # fmt: skip
+    return {
+        "median": round(statistics.median(values), r),
+        "min": round(min(values), r),
+        "max": round(max(values), r),
+        "runs": [round(v, r) for v in values],
+    }
 
 
 # ---------------------------------------------------------------- the record
@@ -171,15 +181,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--n", type=int, default=1000, help="synthetic images")
     ap.add_argument("--sizes", type=int, nargs=2, default=(256, 400), help="synthetic px range")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                    help="DALI CPU threads = FFCV workers")  # fmt: skip
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="DALI CPU threads = FFCV workers",
+    )
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--map-size", type=int, default=14)
     ap.add_argument("--normalize", action="store_true", help="float normalised images")
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    ap.add_argument("--hw-decoder-load", type=float, nargs="+", default=[0.65],
-                    help="JPEG share of the hardware decoder; several values: a sweep")  # fmt: skip
+    ap.add_argument(
+        "--hw-decoder-load",
+        type=float,
+        nargs="+",
+        default=[0.65],
+        help="JPEG share of the hardware decoder; several values: a sweep",
+    )
     ap.add_argument("--out", type=Path, default=None, help="default: results/dali[-gpu].json")
     return ap.parse_args(argv)
 
@@ -195,8 +214,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             path = Path(tmp) / "bench.beton"
             start = time.perf_counter()
             write_synthetic(path, args.n, tuple(args.sizes), args.threads)
-            print(f"wrote {args.n} JPEGs in {time.perf_counter() - start:.1f} s, "
-                  f"{path.stat().st_size / 2**20:.1f} MiB")  # fmt: skip
+            print(
+                f"wrote {args.n} JPEGs in {time.perf_counter() - start:.1f} s, "
+                f"{path.stat().st_size / 2**20:.1f} MiB"
+            )
         load_before = os.getloadavg()
         rates = measure(make_loaders(path, args), args.reps, sync)
         load_after = os.getloadavg()
@@ -224,19 +245,31 @@ def run(quick: bool = False, data: Path | None = None, tiny: bool = False) -> li
     record = benchmark(parse_args(argv + (["--batch", "32"] if tiny else [])))
     rates = record["images_per_s"]
     results = {label(k): _spread(v) for k, v in rates.items()}
-    ratios = {f"{label(k)} / {label('ffcv')}": _spread(v["x_ffcv"])
-              for k, v in rates.items() if k != "ffcv"}  # fmt: skip
-    return [{
-        "stage": "dali", "name": "RRC 224 + map + point", "unit": "images/s",
-        "results": results, "ratios": ratios,
-        "notes": f"{n} synthetic JPEGs 256-400 px, batch {record['config']['batch']}, "
-                 f"{record['config']['threads']} threads/workers, same batches in both",
-    }]  # fmt: skip
+    ratios = {
+        f"{label(k)} / {label('ffcv')}": _spread(v["x_ffcv"])
+        for k, v in rates.items()
+        if k != "ffcv"
+    }
+    return [
+        {
+            "stage": "dali",
+            "name": "RRC 224 + map + point",
+            "unit": "images/s",
+            "results": results,
+            "ratios": ratios,
+            "notes": f"{n} synthetic JPEGs 256-400 px, batch {record['config']['batch']}, "
+            f"{record['config']['threads']} threads/workers, same batches in both",
+        }
+    ]
 
 
 def _spread(entry: dict[str, Any]) -> dict[str, Any]:
-    return {"median": entry["median"], "min": entry["min"], "max": entry["max"],
-            "n": len(entry["runs"])}  # fmt: skip
+    return {
+        "median": entry["median"],
+        "min": entry["min"],
+        "max": entry["max"],
+        "n": len(entry["runs"]),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -247,13 +280,17 @@ def main(argv: list[str] | None = None) -> None:
     out.write_text(json.dumps(record, indent=2) + "\n")
     m = record["machine"]
     load = f"load {m['loadavg_before'][0]:.2f} -> {m['loadavg_after'][0]:.2f}"
-    print(f"{m['cpu']}, {m['cores_available']} cores, {load}; batch {args.batch}, "
-          f"{args.threads} threads, RRC {args.image_size} + map {args.map_size} + point, "
-          f"median of {args.reps}")  # fmt: skip
+    print(
+        f"{m['cpu']}, {m['cores_available']} cores, {load}; batch {args.batch}, "
+        f"{args.threads} threads, RRC {args.image_size} + map {args.map_size} + point, "
+        f"median of {args.reps}"
+    )
     for name, r in record["images_per_s"].items():
         x = r["x_ffcv"]
-        print(f"{name:16s} {r['median']:8.0f} img/s  [{r['min']:.0f}-{r['max']:.0f}]  "
-              f"{x['median']:.2f} x FFCV [{x['min']:.2f}-{x['max']:.2f}]")  # fmt: skip
+        print(
+            f"{name:16s} {r['median']:8.0f} img/s  [{r['min']:.0f}-{r['max']:.0f}]  "
+            f"{x['median']:.2f} x FFCV [{x['min']:.2f}-{x['max']:.2f}]"
+        )
     print(f"wrote {out}")
 
 

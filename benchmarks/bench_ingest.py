@@ -40,12 +40,16 @@ def baseline_imagenet(path: Path) -> int:
             root = ET.fromstring(tar.extractfile(info).read())
             points = []
             for meta in root.iter("metadata"):
-                trace = [(int(m.find("time").text), float(m.find("x").text),
-                          float(m.find("y").text)) for m in meta.findall("mouseTracking")
-                         if m.find("time") is not None]  # fmt: skip
-                clicks = [(float(s.find("x").text), float(s.find("y").text))
-                          for s in meta.findall("selectedRecord")
-                          if s.find("x") is not None]  # fmt: skip
+                trace = [
+                    (int(m.find("time").text), float(m.find("x").text), float(m.find("y").text))
+                    for m in meta.findall("mouseTracking")
+                    if m.find("time") is not None
+                ]
+                clicks = [
+                    (float(s.find("x").text), float(s.find("y").text))
+                    for s in meta.findall("selectedRecord")
+                    if s.find("x") is not None
+                ]
                 if meta.find("selected").text == "True" and clicks:
                     points.append(clicks[0])
                 _ = (trace, int(meta.find("originalImageWidth").text))
@@ -103,12 +107,17 @@ def warm() -> None:
     from luab_data.sources import xml_scan
 
     doc = b"<annotation><metadata><selected>True</selected></metadata></annotation>"
-    xml_scan.scan_chunk(np.frombuffer(doc, np.uint8), np.zeros(1, np.int64),
-                        np.full(1, len(doc), np.int64))  # fmt: skip
+    xml_scan.scan_chunk(
+        np.frombuffer(doc, np.uint8), np.zeros(1, np.int64), np.full(1, len(doc), np.int64)
+    )
 
 
-RUNNERS = {"baseline_imagenet": baseline_imagenet, "baseline_coco": baseline_coco,
-           "ours": ours, "ours_build": ours_build}  # fmt: skip
+RUNNERS = {
+    "baseline_imagenet": baseline_imagenet,
+    "baseline_coco": baseline_coco,
+    "ours": ours,
+    "ours_build": ours_build,
+}
 
 
 def measure(runner: str, path: Path) -> dict:
@@ -147,15 +156,20 @@ def compare(name: str, path: Path, contenders: list[str], reps: int) -> dict:
                 "median": statistics.median(rates),
                 "min": min(rates),
                 "max": max(rates),
-            },  # fmt: skip
+            },
             "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
         }
     base = contenders[-1]
     for c in contenders[:-1]:  # ratio per interleaved repetition, then its spread
-        ratios = [(a["records"] / a["seconds"]) / (b["records"] / b["seconds"])
-                  for a, b in zip(runs[c], runs[base], strict=True)]  # fmt: skip
-        summary[c]["ratio_vs_baseline"] = {"median": statistics.median(ratios),
-                                           "min": min(ratios), "max": max(ratios)}  # fmt: skip
+        ratios = [
+            (a["records"] / a["seconds"]) / (b["records"] / b["seconds"])
+            for a, b in zip(runs[c], runs[base], strict=True)
+        ]
+        summary[c]["ratio_vs_baseline"] = {
+            "median": statistics.median(ratios),
+            "min": min(ratios),
+            "max": max(ratios),
+        }
     return {"input": str(path), "bytes": path.stat().st_size, "results": summary}
 
 
@@ -170,9 +184,15 @@ def machine() -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "numpy": numpy.__version__, "numba": numba.__version__,
-            "pyarrow": pyarrow.__version__, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "numba": numba.__version__,
+        "pyarrow": pyarrow.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def generate(kind: str, size: int, out: Path) -> Path:
@@ -181,26 +201,48 @@ def generate(kind: str, size: int, out: Path) -> Path:
     name = "imagenet_ab_v1_0.tar.gz" if kind == "imagenet-ab" else "coco_ab_v1_0.json"
     if not (target / name).exists():
         cli = Path(sys.executable).parent / "luab-data"
-        cmd = [str(cli), "sample", "--out", str(target), "--quiet",
-               "--kind", kind, "--size", str(size), "--no-images", "--seed", "1"]  # fmt: skip
+        cmd = [
+            str(cli),
+            "sample",
+            "--out",
+            str(target),
+            "--quiet",
+            "--kind",
+            kind,
+            "--size",
+            str(size),
+            "--no-images",
+            "--seed",
+            "1",
+        ]
         subprocess.run(cmd, check=True)
     return next(target.rglob(name))
 
 
-LABELS = {"ours": "ours (to Arrow)", "ours_build": "ours (build Parquet)",
-          "baseline_imagenet": "baseline (ElementTree per XML)",
-          "baseline_coco": "baseline (json.load + Python)"}  # fmt: skip
+LABELS = {
+    "ours": "ours (to Arrow)",
+    "ours_build": "ours (build Parquet)",
+    "baseline_imagenet": "baseline (ElementTree per XML)",
+    "baseline_coco": "baseline (json.load + Python)",
+}
 
 
 def as_entry(name: str, bench: dict) -> dict:
     """One `luab-data bench` entry (see luab_data/bench.py) from a compare() result."""
     res = bench["results"]
     base = next(k for k in res if k.startswith("baseline"))
-    entry = {"stage": "ingest", "name": name, "unit": "records/s",
-             "results": {LABELS[k]: r["records_per_s"] for k, r in res.items()},
-             "ratios": {f"{LABELS[k]} / {LABELS[base]}": r["ratio_vs_baseline"]
-                        for k, r in res.items() if "ratio_vs_baseline" in r},
-             "peak_rss_mb": {LABELS[k]: r["peak_rss_mb"] for k, r in res.items()}}  # fmt: skip
+    entry = {
+        "stage": "ingest",
+        "name": name,
+        "unit": "records/s",
+        "results": {LABELS[k]: r["records_per_s"] for k, r in res.items()},
+        "ratios": {
+            f"{LABELS[k]} / {LABELS[base]}": r["ratio_vs_baseline"]
+            for k, r in res.items()
+            if "ratio_vs_baseline" in r
+        },
+        "peak_rss_mb": {LABELS[k]: r["peak_rss_mb"] for k, r in res.items()},
+    }
     return entry
 
 
@@ -212,11 +254,15 @@ def run(quick: bool, data: Path, tiny: bool = False) -> list[dict]:
     tar = generate("imagenet-ab", n_in, data)
     js = generate("coco-ab", n_coco, data)
     return [
-        as_entry(f"ImageNet-AB tar.gz, {n_in:,} XML",
-                 compare("imagenet", tar, ["ours", "ours_build", "baseline_imagenet"], reps)),
-        as_entry(f"COCO-AB JSON, {n_coco:,} records",
-                 compare("coco", js, ["ours", "ours_build", "baseline_coco"], reps)),
-    ]  # fmt: skip
+        as_entry(
+            f"ImageNet-AB tar.gz, {n_in:,} XML",
+            compare("imagenet", tar, ["ours", "ours_build", "baseline_imagenet"], reps),
+        ),
+        as_entry(
+            f"COCO-AB JSON, {n_coco:,} records",
+            compare("coco", js, ["ours", "ours_build", "baseline_coco"], reps),
+        ),
+    ]
 
 
 def main() -> None:
@@ -267,8 +313,11 @@ def print_table(report: dict) -> None:
         for who, r in bench["results"].items():
             rate = r["records_per_s"]
             ratio = r.get("ratio_vs_baseline")
-            ratio_s = (f"{ratio['median']:.1f}x ({ratio['min']:.1f}-{ratio['max']:.1f})"
-                       if ratio else "1 (baseline)")  # fmt: skip
+            ratio_s = (
+                f"{ratio['median']:.1f}x ({ratio['min']:.1f}-{ratio['max']:.1f})"
+                if ratio
+                else "1 (baseline)"
+            )
             print(
                 f"{name:12} {who:18} {rate['median']:>9,.0f} ({rate['min']:,.0f}-"
                 f"{rate['max']:,.0f}){'':6} {ratio_s:22} {r['peak_rss_mb']:.0f} MB"

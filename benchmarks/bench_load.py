@@ -51,8 +51,13 @@ PACK_OURS, PACK_BARE, PACK_FFCV = (
 
 
 def spread(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "n": len(values), "values": [round(v, 2) for v in values]}  # fmt: skip
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+        "values": [round(v, 2) for v in values],
+    }
 
 
 # ---------------------------------------------------------------- data
@@ -85,8 +90,14 @@ def _build(sample: Path, out: Path, byproducts: bool, workers: int) -> float:
     build = {**load_recipe("imagenet-ab")["build"], "byproducts": byproducts}
     source = open_source(sample / "imagenet_ab_v1_0.tar.gz", images=sample)
     start = time.perf_counter()
-    build_beton(source, out, options=beton_options(build), overwrite=True, workers=workers,
-                show_progress=False)  # fmt: skip
+    build_beton(
+        source,
+        out,
+        options=beton_options(build),
+        overwrite=True,
+        workers=workers,
+        show_progress=False,
+    )
     return time.perf_counter() - start
 
 
@@ -111,9 +122,12 @@ def _plain_write(sample: Path, out: Path, workers: int) -> float:
 
     from luab_data.beton.ffcv_workers import plain_ffcv_write
 
-    fields = {"image": RGBImageField(write_mode="proportion", max_resolution=500,
-                                     compress_probability=0.5, jpeg_quality=90),
-              "label": IntField()}  # fmt: skip
+    fields = {
+        "image": RGBImageField(
+            write_mode="proportion", max_resolution=500, compress_probability=0.5, jpeg_quality=90
+        ),
+        "label": IntField(),
+    }
     start = time.perf_counter()
     plain_ffcv_write(str(out), fields, _Folder(sample), workers)
     return time.perf_counter() - start
@@ -137,11 +151,16 @@ def payload_bytes(path: Path) -> int:
 
 def bench_pack(sample: Path, work: Path, reps: int, workers: int) -> dict:
     n = len(list((sample / "train").glob("*/*.JPEG")))
-    paths = {PACK_OURS: work / "with.beton", PACK_BARE: work / "bare.beton",
-             PACK_FFCV: work / "plain.beton"}  # fmt: skip
-    runs = {PACK_OURS: lambda: _build(sample, paths[PACK_OURS], True, workers),
-            PACK_BARE: lambda: _build(sample, paths[PACK_BARE], False, workers),
-            PACK_FFCV: lambda: _plain_write(sample, paths[PACK_FFCV], workers)}  # fmt: skip
+    paths = {
+        PACK_OURS: work / "with.beton",
+        PACK_BARE: work / "bare.beton",
+        PACK_FFCV: work / "plain.beton",
+    }
+    runs = {
+        PACK_OURS: lambda: _build(sample, paths[PACK_OURS], True, workers),
+        PACK_BARE: lambda: _build(sample, paths[PACK_BARE], False, workers),
+        PACK_FFCV: lambda: _plain_write(sample, paths[PACK_FFCV], workers),
+    }
     seconds: dict[str, list[float]] = {k: [] for k in runs}
     for rep in range(reps):  # interleaved, so a busy moment of the shared machine hits all
         for name in rotated(list(runs), rep):
@@ -149,15 +168,23 @@ def bench_pack(sample: Path, work: Path, reps: int, workers: int) -> dict:
             seconds[name].append(runs[name]())
     sizes = {k: p.stat().st_size for k, p in paths.items()}
     payload = {k: payload_bytes(p) for k, p in paths.items()}
-    return {"images": n, "seconds": {k: spread(v) for k, v in seconds.items()},
-            "images_per_s": {k: spread([n / s for s in v]) for k, v in seconds.items()},
-            "time_ratio": {f"{PACK_OURS} / {k}": spread([a / b for a, b in zip(
-                seconds[PACK_OURS], seconds[k], strict=True)]) for k in (PACK_BARE, PACK_FFCV)},
-            "file_bytes": sizes, "payload_bytes": payload,
-            "jpeg_share": {k: jpeg_share(p) for k, p in paths.items()},
-            "size_ratio_file": sizes[PACK_OURS] / sizes[PACK_BARE],
-            "size_ratio_payload": payload[PACK_OURS] / payload[PACK_BARE],
-            "paths": {k: str(p) for k, p in paths.items()}}  # fmt: skip
+    return {
+        "images": n,
+        "seconds": {k: spread(v) for k, v in seconds.items()},
+        "images_per_s": {k: spread([n / s for s in v]) for k, v in seconds.items()},
+        "time_ratio": {
+            f"{PACK_OURS} / {k}": spread(
+                [a / b for a, b in zip(seconds[PACK_OURS], seconds[k], strict=True)]
+            )
+            for k in (PACK_BARE, PACK_FFCV)
+        },
+        "file_bytes": sizes,
+        "payload_bytes": payload,
+        "jpeg_share": {k: jpeg_share(p) for k, p in paths.items()},
+        "size_ratio_file": sizes[PACK_OURS] / sizes[PACK_BARE],
+        "size_ratio_payload": payload[PACK_OURS] / payload[PACK_BARE],
+        "paths": {k: str(p) for k, p in paths.items()},
+    }
 
 
 # ---------------------------------------------------------------- loading
@@ -171,11 +198,21 @@ def _plain_ffcv(path: Path, workers: int):
     from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
 
     pipelines = dict.fromkeys(Reader(str(path)).handlers)  # None: not read
-    pipelines["image"] = [RandomResizedCropRGBImageDecoder((IMAGE, IMAGE)),
-                          RandomHorizontalFlip(), ToTensor(), ToTorchImage(channels_last=True)]
-    pipelines["label"] = [IntDecoder(), ToTensor(), Squeeze(1)]  # fmt: skip
-    return Loader(str(path), BATCH, num_workers=workers, order=OrderOption.RANDOM,
-                  drop_last=True, pipelines=pipelines)  # fmt: skip
+    pipelines["image"] = [
+        RandomResizedCropRGBImageDecoder((IMAGE, IMAGE)),
+        RandomHorizontalFlip(),
+        ToTensor(),
+        ToTorchImage(channels_last=True),
+    ]
+    pipelines["label"] = [IntDecoder(), ToTensor(), Squeeze(1)]
+    return Loader(
+        str(path),
+        BATCH,
+        num_workers=workers,
+        order=OrderOption.RANDOM,
+        drop_last=True,
+        pipelines=pipelines,
+    )
 
 
 def make_loaders(beton: Path, sample: Path, workers: int, bare: bool = True) -> dict:
@@ -189,8 +226,9 @@ def make_loaders(beton: Path, sample: Path, workers: int, bare: bool = True) -> 
     common = {"batch_size": BATCH, "image_size": IMAGE, "map_size": MAP, "workers": workers}
     loaders = {OURS: make_loader("ffcv", beton, **common), PLAIN: _plain_ffcv(beton, workers)}
     if bare:
-        loaders[COUPLED_BARE] = make_loader("ffcv", beton, names=FieldNames(map=None, point=None),
-                                            **common)  # fmt: skip
+        loaders[COUPLED_BARE] = make_loader(
+            "ffcv", beton, names=FieldNames(map=None, point=None), **common
+        )
     loaders[REF] = make_loader("torch", beton, **common)
     loaders[OFFICIAL] = official_loader(sample, sample / "train_xml", classes, BATCH, workers)
     loaders[TV2] = torchvision_loader(sample, sample / "train_xml", classes, BATCH, workers, IMAGE)
@@ -222,9 +260,14 @@ def rotated(names: list[str], rep: int) -> list[str]:
 
 def load_summary(rates: dict[str, list[float]]) -> dict:
     ours = rates[OURS]
-    return {"images_per_s": {k: spread(v) for k, v in rates.items()},
-            "ratios": {f"{OURS} / {k}": spread([a / b for a, b in zip(ours, v, strict=True)])
-                       for k, v in rates.items() if k != OURS}}  # fmt: skip
+    return {
+        "images_per_s": {k: spread(v) for k, v in rates.items()},
+        "ratios": {
+            f"{OURS} / {k}": spread([a / b for a, b in zip(ours, v, strict=True)])
+            for k, v in rates.items()
+            if k != OURS
+        },
+    }
 
 
 # ---------------------------------------------------------------- `luab-data bench` stages
@@ -240,8 +283,14 @@ def _sizes(tiny: bool, quick: bool) -> tuple[int, int, int, tuple[int, int]]:
 
 
 def _entry(stage: str, name: str, unit: str, results: dict, ratios: dict, **extra) -> dict:
-    return {"stage": stage, "name": name, "unit": unit, "results": results, "ratios": ratios,
-            **extra}  # fmt: skip
+    return {
+        "stage": stage,
+        "name": name,
+        "unit": unit,
+        "results": results,
+        "ratios": ratios,
+        **extra,
+    }
 
 
 def run(quick: bool, data: Path, tiny: bool = False) -> list[dict]:
@@ -252,8 +301,15 @@ def run(quick: bool, data: Path, tiny: bool = False) -> list[dict]:
     if not beton.exists():
         _build(sample, beton, True, _workers())
     summary = load_summary(bench_loaders(make_loaders(beton, sample, 2, bare=False), reps))
-    return [_entry("load", f"RRC {IMAGE} + flip, batch {BATCH}, 2 workers", "images/s",
-                   summary["images_per_s"], summary["ratios"])]  # fmt: skip
+    return [
+        _entry(
+            "load",
+            f"RRC {IMAGE} + flip, batch {BATCH}, 2 workers",
+            "images/s",
+            summary["images_per_s"],
+            summary["ratios"],
+        )
+    ]
 
 
 def pack_entries(quick: bool, data: Path, tiny: bool = False) -> list[dict]:
@@ -262,15 +318,25 @@ def pack_entries(quick: bool, data: Path, tiny: bool = False) -> list[dict]:
     sample = prepare(Path(data), n, sides)
     p = bench_pack(sample, Path(data), reps, _workers())
     rates = p["images_per_s"]
-    ratios = {f"{PACK_OURS} / {k}": spread([a / b for a, b in zip(
-        rates[PACK_OURS]["values"], rates[k]["values"], strict=True)])
-        for k in (PACK_BARE, PACK_FFCV)}  # fmt: skip
+    ratios = {
+        f"{PACK_OURS} / {k}": spread(
+            [a / b for a, b in zip(rates[PACK_OURS]["values"], rates[k]["values"], strict=True)]
+        )
+        for k in (PACK_BARE, PACK_FFCV)
+    }
     mb = {k: spread([v / 2**20]) for k, v in p["payload_bytes"].items() if k != PACK_FFCV}
     size_ratio = {f"{PACK_OURS} / {PACK_BARE}": spread([p["size_ratio_payload"]])}
-    return [_entry("pack", f"{n} images -> .beton, 500 px, 50% JPEG q90", "images/s",
-                   rates, ratios),
-            _entry("pack", "payload size with vs without byproducts", "MiB", mb, size_ratio,
-                   file_bytes=p["file_bytes"])]  # fmt: skip
+    return [
+        _entry("pack", f"{n} images -> .beton, 500 px, 50% JPEG q90", "images/s", rates, ratios),
+        _entry(
+            "pack",
+            "payload size with vs without byproducts",
+            "MiB",
+            mb,
+            size_ratio,
+            file_bytes=p["file_bytes"],
+        ),
+    ]
 
 
 def _workers() -> int:
@@ -299,8 +365,13 @@ def main() -> None:
     rates = bench_loaders(make_loaders(beton, sample, args.workers), args.reps)
     machine["load_average_end"] = list(os.getloadavg())
     load = load_summary(rates)
-    report = {"machine": machine, "settings": _settings(args), "pack": pack, "load": load,
-              "targets": _targets(pack, load)}  # fmt: skip
+    report = {
+        "machine": machine,
+        "settings": _settings(args),
+        "pack": pack,
+        "load": load,
+        "targets": _targets(pack, load),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(format_report(report))
@@ -308,10 +379,19 @@ def main() -> None:
 
 
 def _settings(args) -> dict:
-    return {"images": args.n, "image_sides": [256, 480], "batch": BATCH, "image_size": IMAGE,
-            "map_size": MAP, "loader_workers": args.workers, "writer_workers": _workers(),
-            "load_reps": args.reps, "pack_reps": args.pack_reps, "recipe": "imagenet-ab",
-            "epoch": "one pass over the file, drop_last"}  # fmt: skip
+    return {
+        "images": args.n,
+        "image_sides": [256, 480],
+        "batch": BATCH,
+        "image_size": IMAGE,
+        "map_size": MAP,
+        "loader_workers": args.workers,
+        "writer_workers": _workers(),
+        "load_reps": args.reps,
+        "pack_reps": args.pack_reps,
+        "recipe": "imagenet-ab",
+        "epoch": "one pass over the file, drop_last",
+    }
 
 
 def _targets(pack: dict, load: dict) -> dict:
@@ -330,9 +410,12 @@ def _targets(pack: dict, load: dict) -> dict:
 
 def format_report(report: dict) -> str:
     m, load, pack = report["machine"], report["load"], report["pack"]
-    lines = [f"{m['cpu']}, {m['cores']} cores, load {m['load_average'][0]:.1f} -> "
-             f"{m['load_average_end'][0]:.1f}", "", f"{'loader':40} {'img/s':>8} {'min-max':>14}"
-             f" {'ours / it':>18}"]  # fmt: skip
+    lines = [
+        f"{m['cpu']}, {m['cores']} cores, load {m['load_average'][0]:.1f} -> "
+        f"{m['load_average_end'][0]:.1f}",
+        "",
+        f"{'loader':40} {'img/s':>8} {'min-max':>14} {'ours / it':>18}",
+    ]
     for name, s in load["images_per_s"].items():
         r = load["ratios"].get(f"{OURS} / {name}")
         ratio = f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})" if r else ""
@@ -342,10 +425,15 @@ def format_report(report: dict) -> str:
         lines.append(f"{name:40} {s['median']:8.0f} {s['min']:6.0f}-{s['max']:<7.0f}")
     for name, r in pack["time_ratio"].items():
         lines.append(f"time {name}: {r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f})")
-    lines.append(f"file size with / without byproducts: {pack['size_ratio_file']:.3f} (file), "
-                 f"{pack['size_ratio_payload']:.3f} (payload)")  # fmt: skip
-    lines += ["", "targets: " + ", ".join(f"{k}: {'yes' if v else 'NO'}"
-                                          for k, v in report["targets"].items())]  # fmt: skip
+    lines.append(
+        f"file size with / without byproducts: {pack['size_ratio_file']:.3f} (file), "
+        f"{pack['size_ratio_payload']:.3f} (payload)"
+    )
+    lines += [
+        "",
+        "targets: "
+        + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in report["targets"].items()),
+    ]
     return "\n".join(lines)
 
 

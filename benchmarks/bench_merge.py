@@ -86,15 +86,23 @@ def main() -> None:
             rates[name].append(mib / seconds)
     ratios = [m / c for m, c in zip(rates["merge"], rates["cp"], strict=True)]
     machine["load_average_end"] = list(os.getloadavg())
-    report = {"machine": machine, "shards": len(shards), "images": args.n, "mib": round(mib, 1),
-              "mib_per_s": {k: spread(v) for k, v in rates.items()},
-              "ratio_merge_over_cp": spread(ratios), "goal": ">= 0.5"}  # fmt: skip
+    report = {
+        "machine": machine,
+        "shards": len(shards),
+        "images": args.n,
+        "mib": round(mib, 1),
+        "mib_per_s": {k: spread(v) for k, v in rates.items()},
+        "ratio_merge_over_cp": spread(ratios),
+        "goal": ">= 0.5",
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     r = report["ratio_merge_over_cp"]
-    print(f"{len(shards)} shards, {mib:,.0f} MiB: merge {spread(rates['merge'])['median']:,.0f} "
-          f"MiB/s, cp {spread(rates['cp'])['median']:,.0f} MiB/s, merge/cp {r['median']:.2f} "
-          f"({r['min']:.2f}-{r['max']:.2f})")
+    print(
+        f"{len(shards)} shards, {mib:,.0f} MiB: merge {spread(rates['merge'])['median']:,.0f} "
+        f"MiB/s, cp {spread(rates['cp'])['median']:,.0f} MiB/s, merge/cp {r['median']:.2f} "
+        f"({r['min']:.2f}-{r['max']:.2f})"
+    )
 
 
 if __name__ == "__main__":

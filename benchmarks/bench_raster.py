@@ -42,9 +42,13 @@ def synthetic(n: int, n_trace: int, seed: int = 0) -> tuple[Ragged, Ragged, np.n
     t = rng.choice([16, 17, 33, 50, 400], (n, n_trace), p=[0.4, 0.3, 0.2, 0.07, 0.03]).cumsum(1)
     click = walk[:, -1]
     wh = np.array(SIZES)[rng.integers(0, len(SIZES), n)]
-    trace = Ragged(np.arange(n + 1, dtype=np.int64) * n_trace, walk[..., 0].ravel(),
-                   walk[..., 1].ravel(), t.ravel().astype(np.int64),
-                   np.zeros(n * n_trace, np.int16))  # fmt: skip
+    trace = Ragged(
+        np.arange(n + 1, dtype=np.int64) * n_trace,
+        walk[..., 0].ravel(),
+        walk[..., 1].ravel(),
+        t.ravel().astype(np.int64),
+        np.zeros(n * n_trace, np.int16),
+    )
     clicks = Ragged(np.arange(n + 1, dtype=np.int64), click[:, 0].copy(), click[:, 1].copy())
     return clicks, trace, wh[:, 0], wh[:, 1]
 
@@ -53,12 +57,24 @@ def as_batch(clicks: Ragged, trace: Ragged, width: np.ndarray, height: np.ndarra
     recs = []
     for i in range(len(width)):
         c, s = slice(*clicks.offsets[i : i + 2]), slice(*trace.offsets[i : i + 2])
-        recs.append(Record(
-            key=str(i), source="imagenet-ab", image="", width=int(width[i]), height=int(height[i]),
-            click_x=clicks.x[c], click_y=clicks.y[c], click_t=np.zeros(1, np.int64),
-            click_class=np.zeros(1, np.int32), click_ann=np.zeros(1, np.int16),
-            trace_x=trace.x[s], trace_y=trace.y[s], trace_t=trace.t[s], trace_ann=trace.ann[s],
-        ))  # fmt: skip
+        recs.append(
+            Record(
+                key=str(i),
+                source="imagenet-ab",
+                image="",
+                width=int(width[i]),
+                height=int(height[i]),
+                click_x=clicks.x[c],
+                click_y=clicks.y[c],
+                click_t=np.zeros(1, np.int64),
+                click_class=np.zeros(1, np.int32),
+                click_ann=np.zeros(1, np.int16),
+                trace_x=trace.x[s],
+                trace_y=trace.y[s],
+                trace_t=trace.t[s],
+                trace_ann=trace.ann[s],
+            )
+        )
     return records_to_batch(recs)
 
 
@@ -112,8 +128,9 @@ def opencv(clicks, trace, width, height, cfg, rows=None) -> np.ndarray:
             ix = np.minimum((x[ok] * w).astype(np.int64), w - 1)
             iy = np.minimum((y[ok] * h).astype(np.int64), h - 1)
             np.add.at(acc[ch], (iy, ix), wt[ok])
-            acc[ch] = cv2.GaussianBlur(acc[ch], (0, 0), sigmaX=sx, sigmaY=sy,
-                                       borderType=cv2.BORDER_CONSTANT)  # fmt: skip
+            acc[ch] = cv2.GaussianBlur(
+                acc[ch], (0, 0), sigmaX=sx, sigmaY=sy, borderType=cv2.BORDER_CONSTANT
+            )
         out[k] = _to_uint8(acc)
     return out
 
@@ -143,8 +160,12 @@ def _rate(fn, n: int) -> float:
 
 
 def _summary(rates: list[float]) -> dict:
-    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates),
-            "reps": len(rates)}  # fmt: skip
+    return {
+        "median": statistics.median(rates),
+        "min": min(rates),
+        "max": max(rates),
+        "reps": len(rates),
+    }
 
 
 def side_by_side(n: int, reps: int, cfg: RasterConfig) -> dict:
@@ -156,13 +177,19 @@ def side_by_side(n: int, reps: int, cfg: RasterConfig) -> dict:
         "numba (ragged arrays)": (lambda: rasterise(clicks, trace, width, height, cfg), n),
         "numba (Arrow batch)": (lambda: rasterise_batch(batch, cfg), n),
         "numba (Arrow batch), 1 thread": (lambda: _one_thread(rasterise_batch, batch, cfg), n),
-        "naive numpy per point": (lambda: naive_numpy(clicks, trace, width[:n_naive],
-                                                      height[:n_naive], cfg), n_naive),
-        "opencv hist+GaussianBlur": (lambda: opencv(clicks, trace, width[:n_cv],
-                                                    height[:n_cv], cfg), n_cv),
-        f"opencv, {threads} threads": (lambda: opencv_threads(clicks, trace, width[:n_cv],
-                                                              height[:n_cv], cfg, threads), n_cv),
-    }  # fmt: skip
+        "naive numpy per point": (
+            lambda: naive_numpy(clicks, trace, width[:n_naive], height[:n_naive], cfg),
+            n_naive,
+        ),
+        "opencv hist+GaussianBlur": (
+            lambda: opencv(clicks, trace, width[:n_cv], height[:n_cv], cfg),
+            n_cv,
+        ),
+        f"opencv, {threads} threads": (
+            lambda: opencv_threads(clicks, trace, width[:n_cv], height[:n_cv], cfg, threads),
+            n_cv,
+        ),
+    }
     for fn, _ in methods.values():  # warm-up: numba compile / cache load, allocator
         fn()
     rates = {name: [] for name in methods}
@@ -170,8 +197,11 @@ def side_by_side(n: int, reps: int, cfg: RasterConfig) -> dict:
         for name, (fn, count) in methods.items():
             rates[name].append(_rate(fn, count))
     agree = _agreement(clicks, trace, width, height, cfg, n_cv)
-    return {"maps_per_s": {k: _summary(v) for k, v in rates.items()}, "agreement": agree,
-            "rates": rates}  # fmt: skip
+    return {
+        "maps_per_s": {k: _summary(v) for k, v in rates.items()},
+        "agreement": agree,
+        "rates": rates,
+    }
 
 
 def _agreement(clicks, trace, width, height, cfg, n) -> dict:
@@ -179,8 +209,10 @@ def _agreement(clicks, trace, width, height, cfg, n) -> dict:
     ours = rasterise(clicks, trace, width, height, cfg)[0][:n].astype(np.int16)
     cv = opencv(clicks, trace, width[:n], height[:n], cfg).astype(np.int16)
     nv = naive_numpy(clicks, trace, width[:32], height[:32], cfg).astype(np.int16)
-    return {"opencv_mean_abs_levels": float(np.abs(ours - cv).mean()),
-            "naive_mean_abs_levels": float(np.abs(ours[:32] - nv).mean())}  # fmt: skip
+    return {
+        "opencv_mean_abs_levels": float(np.abs(ours - cv).mean()),
+        "naive_mean_abs_levels": float(np.abs(ours[:32] - nv).mean()),
+    }
 
 
 def scaling(n: int, reps: int, cfg: RasterConfig) -> list[dict]:
@@ -198,8 +230,14 @@ def scaling(n: int, reps: int, cfg: RasterConfig) -> list[dict]:
     rows = []
     for (length, size), r in zip(cases, rates, strict=True):
         s = _summary(r)
-        rows.append({"trace_samples": length, "size": list(size), "maps_per_s": s,
-                     "us_per_map": 1e6 / s["median"]})  # fmt: skip
+        rows.append(
+            {
+                "trace_samples": length,
+                "size": list(size),
+                "maps_per_s": s,
+                "us_per_map": 1e6 / s["median"],
+            }
+        )
     return rows
 
 
@@ -209,13 +247,23 @@ def run(quick: bool, data: Path, tiny: bool = False) -> list[dict]:
     res = side_by_side(n, reps, RasterConfig())
     rates = res["rates"]
     ours = "numba (Arrow batch)"
-    results = {k: _summary(rates[k]) for k in (ours, "naive numpy per point",
-                                               "opencv hist+GaussianBlur")}  # fmt: skip
-    ratios = {f"{ours} / {b}": _summary([a / c for a, c in zip(rates[ours], rates[b],
-                                                                strict=True)])
-              for b in list(results)[1:]}  # fmt: skip
-    return [{"stage": "raster", "name": "64x64x2 maps, 100-sample traces", "unit": "maps/s",
-             "results": results, "ratios": ratios, "agreement": res["agreement"]}]  # fmt: skip
+    results = {
+        k: _summary(rates[k]) for k in (ours, "naive numpy per point", "opencv hist+GaussianBlur")
+    }
+    ratios = {
+        f"{ours} / {b}": _summary([a / c for a, c in zip(rates[ours], rates[b], strict=True)])
+        for b in list(results)[1:]
+    }
+    return [
+        {
+            "stage": "raster",
+            "name": "64x64x2 maps, 100-sample traces",
+            "unit": "maps/s",
+            "results": results,
+            "ratios": ratios,
+            "agreement": res["agreement"],
+        }
+    ]
 
 
 def markdown(result: dict) -> str:
@@ -224,8 +272,10 @@ def markdown(result: dict) -> str:
     head = "| path (64x64, 2 ch, 100-sample traces, uint8) | maps/s median | min-max | vs OpenCV |"
     lines = [head, "|---|---:|---:|---:|"]
     for name, s in sbs.items():
-        lines.append(f"| {name} | {s['median']:,.0f} | {s['min']:,.0f}-{s['max']:,.0f} "
-                     f"| {s['median'] / ref:.2f}x |")  # fmt: skip
+        lines.append(
+            f"| {name} | {s['median']:,.0f} | {s['min']:,.0f}-{s['max']:,.0f} "
+            f"| {s['median'] / ref:.2f}x |"
+        )
     lines += [
         "",
         "| trace samples | map | maps/s median | min-max | us/map |",
@@ -233,19 +283,33 @@ def markdown(result: dict) -> str:
     ]
     for row in result["scaling"]:
         s = row["maps_per_s"]
-        lines.append(f"| {row['trace_samples']} | {row['size'][0]}x{row['size'][1]} "
-                     f"| {s['median']:,.0f} | {s['min']:,.0f}-{s['max']:,.0f} "
-                     f"| {row['us_per_map']:.1f} |")  # fmt: skip
+        lines.append(
+            f"| {row['trace_samples']} | {row['size'][0]}x{row['size'][1]} "
+            f"| {s['median']:,.0f} | {s['min']:,.0f}-{s['max']:,.0f} "
+            f"| {row['us_per_map']:.1f} |"
+        )
     return "\n".join(lines)
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())  # fmt: skip
-    return {"cpu": cpu, "cores": os.cpu_count(), "numba_threads": numba.get_num_threads(),
-            "numba_threading_layer": numba.threading_layer(), "numba": numba.__version__,
-            "numpy": np.__version__, "opencv": cv2.__version__,
-            "python": platform.python_version()}  # fmt: skip
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "numba_threads": numba.get_num_threads(),
+        "numba_threading_layer": numba.threading_layer(),
+        "numba": numba.__version__,
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def main() -> None:
@@ -256,10 +320,16 @@ def main() -> None:
     args = ap.parse_args()
     cfg = RasterConfig()  # 64x64, clicks + trace, σ = 3% of the long side, uint8
     load = os.getloadavg()
-    result = {"side_by_side": side_by_side(args.records, args.reps, cfg),
-              "scaling": scaling(args.records, args.reps, cfg)}  # fmt: skip
-    result = {"machine": {**machine(), "loadavg_at_start": load, "loadavg_at_end": os.getloadavg()},
-              "config": asdict(cfg), "records_per_call": args.records, **result}  # fmt: skip
+    result = {
+        "side_by_side": side_by_side(args.records, args.reps, cfg),
+        "scaling": scaling(args.records, args.reps, cfg),
+    }
+    result = {
+        "machine": {**machine(), "loadavg_at_start": load, "loadavg_at_end": os.getloadavg()},
+        "config": asdict(cfg),
+        "records_per_call": args.records,
+        **result,
+    }
     result["markdown"] = markdown(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=list) + "\n")

@@ -29,9 +29,22 @@ LUAB = [str(Path(sys.executable).parent / "luab-data")]  # the installed command
 
 def time_build(sample: Path, out: Path, engine: str) -> float:
     """Seconds of one whole `luab-data build` (process start to exit)."""
-    cmd = [*LUAB, "build", "--src", str(sample / "imagenet_ab_v1_0.tar.gz"), "--images",
-           str(sample), "--out", str(out), "--recipe", "imagenet-ab", "--quiet", "--overwrite",
-           "--engine", engine]  # fmt: skip
+    cmd = [
+        *LUAB,
+        "build",
+        "--src",
+        str(sample / "imagenet_ab_v1_0.tar.gz"),
+        "--images",
+        str(sample),
+        "--out",
+        str(out),
+        "--recipe",
+        "imagenet-ab",
+        "--quiet",
+        "--overwrite",
+        "--engine",
+        engine,
+    ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
@@ -50,21 +63,29 @@ def main() -> None:
     sample = prepare(args.data, args.n)
     times: dict[str, list[float]] = {"local": [], "ray": []}
     for rep in range(args.reps):
-        for engine in (["local", "ray"] if rep % 2 == 0 else ["ray", "local"]):
+        for engine in ["local", "ray"] if rep % 2 == 0 else ["ray", "local"]:
             out = args.data / "ray-bench" / f"{engine}.beton"
             times[engine].append(time_build(sample, out, engine))
             print(f"rep {rep} {engine}: {times[engine][-1]:.1f} s", flush=True)
     ratios = [r / loc for r, loc in zip(times["ray"], times["local"], strict=True)]
     machine["load_average_end"] = list(os.getloadavg())
-    report = {"machine": machine, "images": args.n, "format": "beton",
-              "recipe": "imagenet-ab", "seconds": {k: spread(v) for k, v in times.items()},
-              "ratio_ray_over_local": spread(ratios), "goal": "<= 1.3"}  # fmt: skip
+    report = {
+        "machine": machine,
+        "images": args.n,
+        "format": "beton",
+        "recipe": "imagenet-ab",
+        "seconds": {k: spread(v) for k, v in times.items()},
+        "ratio_ray_over_local": spread(ratios),
+        "goal": "<= 1.3",
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     r = report["ratio_ray_over_local"]
-    print(f"{args.n} images: local {report['seconds']['local']['median']:.1f} s, ray "
-          f"{report['seconds']['ray']['median']:.1f} s, ray/local {r['median']:.2f} "
-          f"({r['min']:.2f}-{r['max']:.2f})")
+    print(
+        f"{args.n} images: local {report['seconds']['local']['median']:.1f} s, ray "
+        f"{report['seconds']['ray']['median']:.1f} s, ray/local {r['median']:.2f} "
+        f"({r['min']:.2f}-{r['max']:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,15 @@ def run(quick: bool, data: Path, tiny: bool = False) -> list[dict]:
             "run benchmarks/train_throughput.py on a GPU machine"
         )
     n = 2_000 if (quick or tiny) else 20_000
-    args = argparse.Namespace(model="resnet50", res=192, batch_size=256, epochs=3,
-                              workers=tt.os.cpu_count(), threads=0, extra=[])  # fmt: skip
+    args = argparse.Namespace(
+        model="resnet50",
+        res=192,
+        batch_size=256,
+        epochs=3,
+        workers=tt.os.cpu_count(),
+        threads=0,
+        extra=[],
+    )
     data.mkdir(parents=True, exist_ok=True)
     beton = data / f"photolike-{n}.beton"
     if not beton.exists():
@@ -37,9 +44,17 @@ def run(quick: bool, data: Path, tiny: bool = False) -> list[dict]:
     a, b = ffcv["epoch_rates"], synthetic["epoch_rates"]
     k = min(len(a), len(b))
     ratio = [x / y for x, y in zip(a[:k], b[:k], strict=True)]
-    summary = {name: {"median": statistics.median(r), "min": min(r), "max": max(r)}
-               for name, r in (("fed by FFCV", a), ("synthetic on-device", b))}  # fmt: skip
+    summary = {
+        name: {"median": statistics.median(r), "min": min(r), "max": max(r)}
+        for name, r in (("fed by FFCV", a), ("synthetic on-device", b))
+    }
     spread = {"median": statistics.median(ratio), "min": min(ratio), "max": max(ratio)}
-    return [{"stage": "train", "name": f"ResNet-50 bf16 @192, {ffcv['device']}",
-             "unit": "images/s", "results": summary,
-             "ratios": {"fed by FFCV / synthetic on-device": spread}}]  # fmt: skip
+    return [
+        {
+            "stage": "train",
+            "name": f"ResNet-50 bf16 @192, {ffcv['device']}",
+            "unit": "images/s",
+            "results": summary,
+            "ratios": {"fed by FFCV / synthetic on-device": spread},
+        }
+    ]

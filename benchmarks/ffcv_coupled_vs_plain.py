@@ -65,14 +65,18 @@ def plain(path: Path, batch: int, workers: int, flip: bool = True) -> Loader:
     flips = [RandomHorizontalFlip()] if flip else []
     image = [RandomResizedCropRGBImageDecoder((224, 224)), *flips, ToTensor()]
     return Loader(
-        str(path), batch, num_workers=workers, order=OrderOption.RANDOM, drop_last=True,
+        str(path),
+        batch,
+        num_workers=workers,
+        order=OrderOption.RANDOM,
+        drop_last=True,
         pipelines={
             "image": [*image, ToTorchImage(channels_last=True)],
             "label": [IntDecoder(), ToTensor(), Squeeze(1)],
             "map": None,
             "point": None,
         },
-    )  # fmt: skip
+    )
 
 
 def epoch_rate(loader, n_images: int) -> float:
@@ -93,8 +97,10 @@ def main() -> None:
         path = Path(tmp) / "bench.beton"
         start = time.perf_counter()
         write(path, args.n, args.workers)
-        print(f"wrote {args.n} images in {time.perf_counter() - start:.1f}s, "
-              f"{path.stat().st_size / 2**20:.1f} MiB")  # fmt: skip
+        print(
+            f"wrote {args.n} images in {time.perf_counter() - start:.1f}s, "
+            f"{path.stat().st_size / 2**20:.1f} MiB"
+        )
         common = {"image_size": 224, "map_size": 14, "workers": args.workers}
         loaders = {
             "plain FFCV (image+label)": plain(path, args.batch, args.workers),

@@ -102,19 +102,53 @@ class Plan:
         """One worker everywhere: FFCV compiles a pipeline without parallel loops ~2x faster,
         and compiling is most of a CPU dry run."""
         return Plan(
-            dry_run=True, device="cpu", cores=1, images=32, sides=(64, 96),
-            model="resnet_small", batch=8, resolutions=(32,), compile_resolutions=(32,),
-            compile=False, reps=1, loader_res=32, map_size=4, raster_records=64,
-            raster_reps=2, hw_loads=(0.65,), align_epochs=1, loss_model="resnet_small",
-            loss_res=32, threads=1, timeouts=dict(DRY_TIMEOUTS),
-        )  # fmt: skip
+            dry_run=True,
+            device="cpu",
+            cores=1,
+            images=32,
+            sides=(64, 96),
+            model="resnet_small",
+            batch=8,
+            resolutions=(32,),
+            compile_resolutions=(32,),
+            compile=False,
+            reps=1,
+            loader_res=32,
+            map_size=4,
+            raster_records=64,
+            raster_reps=2,
+            hw_loads=(0.65,),
+            align_epochs=1,
+            loss_model="resnet_small",
+            loss_res=32,
+            threads=1,
+            timeouts=dict(DRY_TIMEOUTS),
+        )
 
 
 # seconds per step kind; a step also never runs past the whole run's budget
-GPU_TIMEOUTS = {"env": 60, "loss": 120, "raster": 120, "prep": 300, "loaders": 150,
-                "train": 150, "dali": 180, "dali_align": 200, "compile": 240}  # fmt: skip
-DRY_TIMEOUTS = {"env": 30, "loss": 60, "raster": 60, "prep": 240, "loaders": 90,
-                "train": 90, "dali": 90, "dali_align": 90, "compile": 90}  # fmt: skip
+GPU_TIMEOUTS = {
+    "env": 60,
+    "loss": 120,
+    "raster": 120,
+    "prep": 300,
+    "loaders": 150,
+    "train": 150,
+    "dali": 180,
+    "dali_align": 200,
+    "compile": 240,
+}
+DRY_TIMEOUTS = {
+    "env": 30,
+    "loss": 60,
+    "raster": 60,
+    "prep": 240,
+    "loaders": 90,
+    "train": 90,
+    "dali": 90,
+    "dali_align": 90,
+    "compile": 90,
+}
 MIN_SECONDS = {"compile": 90, "train": 45, "dali": 45, "dali_align": 30}  # not worth less
 
 
@@ -127,13 +161,18 @@ class Step:
 
 def steps_of(plan: Plan) -> list[Step]:
     """In order: cheap and independent first, so that a short budget still gets them."""
-    out = [Step("env", "env", step_env), Step("loss", "loss", step_loss),
-           Step("raster", "raster", step_raster), Step("prep", "prep", step_prep),
-           Step("loaders", "loaders", step_loaders)]  # fmt: skip
+    out = [
+        Step("env", "env", step_env),
+        Step("loss", "loss", step_loss),
+        Step("raster", "raster", step_raster),
+        Step("prep", "prep", step_prep),
+        Step("loaders", "loaders", step_loaders),
+    ]
     out += [Step(f"train@{r}", "train", _trainer(r, False)) for r in plan.resolutions]
     out += [Step("dali", "dali", step_dali), Step("dali_align", "dali_align", step_dali_align)]
-    out += [Step(f"compile@{r}", "compile", _trainer(r, plan.compile))
-            for r in plan.compile_resolutions]
+    out += [
+        Step(f"compile@{r}", "compile", _trainer(r, plan.compile)) for r in plan.compile_resolutions
+    ]
     return out
 
 
@@ -213,8 +252,18 @@ def step_env(plan: Plan, work: Path) -> dict:
 def module_versions() -> dict[str, str | None]:
     """Versions as the modules report them (works for packages carried on PYTHONPATH)."""
     out: dict[str, str | None] = {}
-    for name in ("torch", "numpy", "numba", "llvmlite", "pyarrow", "cv2", "PIL", "ffcv",
-                 "nvidia.dali", "triton"):  # fmt: skip
+    for name in (
+        "torch",
+        "numpy",
+        "numba",
+        "llvmlite",
+        "pyarrow",
+        "cv2",
+        "PIL",
+        "ffcv",
+        "nvidia.dali",
+        "triton",
+    ):
         try:
             module = __import__(name, fromlist=["_"])
             out[name] = str(getattr(module, "__version__", "?"))
@@ -233,8 +282,12 @@ def module_versions() -> dict[str, str | None]:
 
 def _nvidia_smi(query: str) -> str | None:
     try:
-        res = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)  # fmt: skip
+        res = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         return res.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -252,9 +305,11 @@ def step_loss(plan: Plan, work: Path) -> dict:
     dev = torch.device(plan.device)
     if dev.type == "cuda":  # full fp32 for (2); (3) sets its own runtime
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    checks = {"terms_cpu_vs_device": _terms_check(plan, dev),
-              "forward_cpu_vs_device": _forward_check(plan, dev),
-              "baseline_bit_for_bit": _baseline_check(plan, dev)}  # fmt: skip
+    checks = {
+        "terms_cpu_vs_device": _terms_check(plan, dev),
+        "forward_cpu_vs_device": _forward_check(plan, dev),
+        "baseline_bit_for_bit": _baseline_check(plan, dev),
+    }
     return {"checks": checks, "passed": all(c["pass"] for c in checks.values())}
 
 
@@ -270,8 +325,9 @@ def _loss_inputs(plan: Plan):
     torch.manual_seed(0)
     net = ft.build_model(cfg, info)
     side = plan.loss_res // net.stride
-    batch = SyntheticLoader(16, plan.loss_res, num_classes=10, map_size=(side, side), seed=0,
-                            n_distinct=1, steps=1).batches[0]  # fmt: skip
+    batch = SyntheticLoader(
+        16, plan.loss_res, num_classes=10, map_size=(side, side), seed=0, n_distinct=1, steps=1
+    ).batches[0]
     return ft, cfg, info, net, batch
 
 
@@ -283,9 +339,13 @@ def _compare(cpu: dict, other: dict, rtol: float, atol: float) -> dict:
     rows = {}
     for k in cpu:
         a, b = float(cpu[k]), float(other[k])
-        rows[k] = {"cpu": a, "device": b, "abs_diff": abs(a - b),
-                   "rel_diff": abs(a - b) / max(abs(a), 1e-30),
-                   "ok": abs(a - b) <= atol + rtol * abs(a)}  # fmt: skip
+        rows[k] = {
+            "cpu": a,
+            "device": b,
+            "abs_diff": abs(a - b),
+            "rel_diff": abs(a - b) / max(abs(a), 1e-30),
+            "ok": abs(a - b) <= atol + rtol * abs(a),
+        }
     return rows
 
 
@@ -298,8 +358,15 @@ def _terms_check(plan: Plan, dev) -> dict:
         cpu = ft.luab_loss(out, batch, c, False)
         there = ft.luab_loss({k: v.to(dev) for k, v in out.items()}, _moved(batch, dev), c, False)
         rows[f"{point}+{att}"] = _compare(cpu, there, LOSS_RTOL, LOSS_ATOL)
-    return _verdict(rows, {"rtol": LOSS_RTOL, "atol": LOSS_ATOL, "dtype": "float32",
-                           "what": "same head outputs, loss computed on each device"})
+    return _verdict(
+        rows,
+        {
+            "rtol": LOSS_RTOL,
+            "atol": LOSS_ATOL,
+            "dtype": "float32",
+            "what": "same head outputs, loss computed on each device",
+        },
+    )
 
 
 def _forward_check(plan: Plan, dev) -> dict:
@@ -312,14 +379,26 @@ def _forward_check(plan: Plan, dev) -> dict:
         moved = copy.deepcopy(net).to(dev)
         there = ft.luab_loss(moved(batch.images.to(dev)), _moved(batch, dev), cfg, False)
     rows = {"l1+kl": _compare(cpu, there, FORWARD_RTOL, 0.0)}
-    return _verdict(rows, {"rtol": FORWARD_RTOL, "atol": 0.0, "dtype": "float32, TF32 off",
-                           "what": f"{plan.loss_model} forward + loss on each device"})
+    return _verdict(
+        rows,
+        {
+            "rtol": FORWARD_RTOL,
+            "atol": 0.0,
+            "dtype": "float32, TF32 off",
+            "what": f"{plan.loss_model} forward + loss on each device",
+        },
+    )
 
 
 def _verdict(rows: dict, tolerance: dict) -> dict:
     flat = [r for combo in rows.values() for r in combo.values()]
-    return {"tolerance": tolerance, "terms": rows, "compared": len(flat),
-            "max_rel_diff": max(r["rel_diff"] for r in flat), "pass": all(r["ok"] for r in flat)}
+    return {
+        "tolerance": tolerance,
+        "terms": rows,
+        "compared": len(flat),
+        "max_rel_diff": max(r["rel_diff"] for r in flat),
+        "pass": all(r["ok"] for r in flat),
+    }
 
 
 def _baseline_check(plan: Plan, dev) -> dict:
@@ -336,8 +415,9 @@ def _baseline_check(plan: Plan, dev) -> dict:
     nets = []
     for heads in ({}, {"n_points": 0, "map_channels": 0}):
         torch.manual_seed(0)
-        net = LuabNet(make_backbone(plan.loss_model), 10, **{"n_points": 1, "map_channels": 2,
-                                                            **heads})  # fmt: skip
+        net = LuabNet(
+            make_backbone(plan.loss_model), 10, **{"n_points": 1, "map_channels": 2, **heads}
+        )
         for head in (net.point_head, net.attention_head):
             if head is not None:
                 head.requires_grad_(False)
@@ -350,15 +430,25 @@ def _baseline_check(plan: Plan, dev) -> dict:
     expected = F.cross_entropy(plain, batch.labels, label_smoothing=cfg.label_smoothing)
     loss_is_ce = set(terms) == {"ce", "loss"} and torch.equal(terms["loss"], expected)
     opts = [ft.make_optimizer(n, cfg) for n in nets]
-    steps = [[float(ft.train_step(n, o, batch, cfg, info, rt, lr=0.1)["loss"]) for n, o in
-              zip(nets, opts, strict=True)] for _ in range(3)]  # fmt: skip
+    steps = [
+        [
+            float(ft.train_step(n, o, batch, cfg, info, rt, lr=0.1)["loss"])
+            for n, o in zip(nets, opts, strict=True)
+        ]
+        for _ in range(3)
+    ]
     plain_state = nets[1].state_dict()
     weights = all(torch.equal(nets[0].state_dict()[k], v) for k, v in plain_state.items())
     same = all(a == b for a, b in steps)
-    return {"runtime": f"{dev.type}, autocast {rt.amp}, channels-last", "loss_is_ce": loss_is_ce,
-            "step_losses": steps, "losses_equal": same, "weights_equal": weights,
-            "compared": len(steps) * 2 + len(plain_state),
-            "pass": bool(loss_is_ce and same and weights)}  # fmt: skip
+    return {
+        "runtime": f"{dev.type}, autocast {rt.amp}, channels-last",
+        "loss_is_ce": loss_is_ce,
+        "step_losses": steps,
+        "losses_equal": same,
+        "weights_equal": weights,
+        "compared": len(steps) * 2 + len(plain_state),
+        "pass": bool(loss_is_ce and same and weights),
+    }
 
 
 # ============================================================================== raster
@@ -381,8 +471,10 @@ def step_raster(plan: Plan, work: Path) -> dict:
     clicks, trace, width, height = synthetic(n, 100)
     on_dev = [_ragged_to(r, dev) for r in (clicks, trace)]
     wh = [torch.as_tensor(a).to(dev) for a in (width, height)]
-    runs = {"numba, all cores": lambda: rasterise(clicks, trace, width, height, cfg),
-            f"torch twin on {dev.type}": lambda: rasterise_torch(*on_dev, *wh, cfg)}  # fmt: skip
+    runs = {
+        "numba, all cores": lambda: rasterise(clicks, trace, width, height, cfg),
+        f"torch twin on {dev.type}": lambda: rasterise_torch(*on_dev, *wh, cfg),
+    }
     ref, twin = runs["numba, all cores"]()[0], runs[f"torch twin on {dev.type}"]()[0]
     sync()
     rates: dict[str, list[float]] = {k: [] for k in runs}
@@ -394,13 +486,19 @@ def step_raster(plan: Plan, work: Path) -> dict:
             rates[name].append(n / (time.perf_counter() - start))
     diff = np.abs(twin.cpu().numpy().astype(np.int16) - ref.astype(np.int16))
     twin_name = f"torch twin on {dev.type}"
-    return {"figures": {k: figure(v, "maps/s") for k, v in rates.items()},
-            "ratios": {f"{twin_name} / numba, all cores": ratio(rates[twin_name],
-                                                                rates["numba, all cores"])},
-            "checks": {"max_abs_levels": int(diff.max()), "mean_abs_levels": float(diff.mean()),
-                       "pass": int(diff.max()) <= 1},
-            "notes": f"{n} records, 64x64x2 uint8, 100-sample traces, "
-                     f"{numba.get_num_threads()} numba threads"}  # fmt: skip
+    return {
+        "figures": {k: figure(v, "maps/s") for k, v in rates.items()},
+        "ratios": {
+            f"{twin_name} / numba, all cores": ratio(rates[twin_name], rates["numba, all cores"])
+        },
+        "checks": {
+            "max_abs_levels": int(diff.max()),
+            "mean_abs_levels": float(diff.mean()),
+            "pass": int(diff.max()) <= 1,
+        },
+        "notes": f"{n} records, 64x64x2 uint8, 100-sample traces, "
+        f"{numba.get_num_threads()} numba threads",
+    }
 
 
 def _ragged_to(r, dev):
@@ -408,8 +506,12 @@ def _ragged_to(r, dev):
 
     from luab_data.raster.ragged import Ragged
 
-    return Ragged(*(None if a is None else torch.as_tensor(a).to(dev) for a in
-                    (r.offsets, r.x, r.y, r.t, r.ann, r.cls, r.keep)))  # fmt: skip
+    return Ragged(
+        *(
+            None if a is None else torch.as_tensor(a).to(dev)
+            for a in (r.offsets, r.x, r.y, r.t, r.ann, r.cls, r.keep)
+        )
+    )
 
 
 # ============================================================================== prep
@@ -426,22 +528,27 @@ def step_prep(plan: Plan, work: Path) -> dict:
     if not (sample / "sample.json").exists():
         scenes.IMAGENET_STYLE = scenes.SceneStyle(min_side=plan.sides[0], max_side=plan.sides[1])
         start = time.perf_counter()
-        generate_sample(sample, SampleSpec(size=plan.images, heldout=1, seed=1),
-                        processes=plan.cores)  # fmt: skip
+        generate_sample(
+            sample, SampleSpec(size=plan.images, heldout=1, seed=1), processes=plan.cores
+        )
         figures["generate"] = figure([plan.images / (time.perf_counter() - start)], "images/s")
     else:
         notes.append("sample cached")
     if not beton.exists():
         start = time.perf_counter()
         _build(sample, beton, True, plan.cores)
-        figures["pack .beton"] = figure([plan.images / (time.perf_counter() - start)],
-                                        "images/s")  # fmt: skip
+        figures["pack .beton"] = figure([plan.images / (time.perf_counter() - start)], "images/s")
     else:
         notes.append(".beton cached")
     figures["file size"] = figure([beton.stat().st_size / 2**20], "MiB")
     jpegs = len(list((sample / "train").glob("*/*.JPEG")))
-    return {"figures": figures, "beton": str(beton), "jpegs": jpegs,
-            "jpeg_share_in_beton": jpeg_share(beton), "notes": "; ".join(notes)}  # fmt: skip
+    return {
+        "figures": figures,
+        "beton": str(beton),
+        "jpegs": jpegs,
+        "jpeg_share_in_beton": jpeg_share(beton),
+        "notes": "; ".join(notes),
+    }
 
 
 # ============================================================================== loaders
@@ -458,19 +565,38 @@ def plain_ffcv(path: Path, plan: Plan, res: int):
     dev = device_of(plan)
     to = [ToDevice(dev, non_blocking=True)] if dev is not None else []
     pipelines = dict.fromkeys(Reader(str(path)).handlers)  # None: not read
-    pipelines["image"] = [RandomResizedCropRGBImageDecoder((res, res)), RandomHorizontalFlip(),
-                          ToTensor(), *to, ToTorchImage(channels_last=True)]  # fmt: skip
+    pipelines["image"] = [
+        RandomResizedCropRGBImageDecoder((res, res)),
+        RandomHorizontalFlip(),
+        ToTensor(),
+        *to,
+        ToTorchImage(channels_last=True),
+    ]
     pipelines["label"] = [IntDecoder(), ToTensor(), Squeeze(1), *to]
-    return Loader(str(path), plan.batch, num_workers=plan.cores, order=OrderOption.RANDOM,
-                  drop_last=True, pipelines=pipelines)  # fmt: skip
+    return Loader(
+        str(path),
+        plan.batch,
+        num_workers=plan.cores,
+        order=OrderOption.RANDOM,
+        drop_last=True,
+        pipelines=pipelines,
+    )
 
 
 def coupled(path: Path, plan: Plan, res: int, **kw):
     from luab_data.loaders.contract import make_loader
 
-    return make_loader("ffcv", path, batch_size=plan.batch, image_size=res,
-                       map_size=plan.map_size, workers=plan.cores, device=device_of(plan),
-                       drop_last=True, **kw)  # fmt: skip
+    return make_loader(
+        "ffcv",
+        path,
+        batch_size=plan.batch,
+        image_size=res,
+        map_size=plan.map_size,
+        workers=plan.cores,
+        device=device_of(plan),
+        drop_last=True,
+        **kw,
+    )
 
 
 def epoch_rate(loader, sync: Callable[[], None]) -> float:
@@ -498,10 +624,12 @@ def step_loaders(plan: Plan, work: Path) -> dict:
     ours, plain = "coupled FFCV: image+map+point", "plain FFCV: image+label"
     loaders = {ours: coupled(beton, plan, res), plain: plain_ffcv(beton, plan, res)}
     rates = interleaved(loaders, plan.reps, sync_of(plan))
-    return {"figures": {k: figure(v, "images/s") for k, v in rates.items()},
-            "ratios": {f"{ours} / {plain}": ratio(rates[ours], rates[plain])},
-            "notes": f"RRC {res} + flip, batch {plan.batch}, {plan.cores} workers, "
-                     f"map {plan.map_size}x{plan.map_size}, to {plan.device}"}  # fmt: skip
+    return {
+        "figures": {k: figure(v, "images/s") for k, v in rates.items()},
+        "ratios": {f"{ours} / {plain}": ratio(rates[ours], rates[plain])},
+        "notes": f"RRC {res} + flip, batch {plan.batch}, {plan.cores} workers, "
+        f"map {plan.map_size}x{plan.map_size}, to {plan.device}",
+    }
 
 
 # ============================================================================== train
@@ -535,10 +663,33 @@ def trainer_setup(plan: Plan, work: Path, res: int, compile_: bool):
     from train import fast_train as ft
 
     beton = need_beton(plan, work)
-    argv = ["--train", str(beton), "--model", plan.model, "--batch-size", str(plan.batch),
-            "--min-res", str(res), "--max-res", str(res), "--workers", str(plan.cores),
-            "--lam", "1", "--mu", "1", "--lr", "0.01", "--epochs", "100", "--quiet",
-            "--threads", str(plan.threads), "--out", str(work / "runs" / f"r{res}")]  # fmt: skip
+    argv = [
+        "--train",
+        str(beton),
+        "--model",
+        plan.model,
+        "--batch-size",
+        str(plan.batch),
+        "--min-res",
+        str(res),
+        "--max-res",
+        str(res),
+        "--workers",
+        str(plan.cores),
+        "--lam",
+        "1",
+        "--mu",
+        "1",
+        "--lr",
+        "0.01",
+        "--epochs",
+        "100",
+        "--quiet",
+        "--threads",
+        str(plan.threads),
+        "--out",
+        str(work / "runs" / f"r{res}"),
+    ]
     cfg = ft.parse_args(argv + (["--compile"] if compile_ else []))
     rt = ft.setup_runtime(cfg)
     ft.seed_everything(cfg.seed)
@@ -581,21 +732,31 @@ def _train_record(plan, res, compile_, rates, waits, alone, warm, steps) -> dict
     fed, syn = rates["fed by CoupledLoader"], rates["synthetic on-device"]
     share = ratio(fed, syn)
     step_ms = 1e3 * plan.batch / max(sum(fed) / len(fed), 1e-9)
-    explain = {"loader_wait_ms_per_step": figure([1e3 * w for w in waits] or [0.0], "ms"),
-               "fed_step_ms": step_ms, "steps_per_epoch": steps,
-               "warmup_s": {k: round(v, 2) for k, v in warm.items()}}  # fmt: skip
+    explain = {
+        "loader_wait_ms_per_step": figure([1e3 * w for w in waits] or [0.0], "ms"),
+        "fed_step_ms": step_ms,
+        "steps_per_epoch": steps,
+        "warmup_s": {k: round(v, 2) for k, v in warm.items()},
+    }
     explain["loader_wait_share"] = sum(waits) / max(len(waits) * step_ms / 1e3, 1e-9)
     if plan.device == "cuda":
         explain["h2d_copy"] = h2d_copy(plan, res)
-    figures = {"fed by CoupledLoader": figure(fed, "images/s"),
-               "synthetic on-device": figure(syn, "images/s"),
-               "CoupledLoader alone (no training)": figure(alone, "images/s")}  # fmt: skip
-    return {"figures": figures, "ratios": {"fed / synthetic": share},
-            "meets_goal": share["median"] >= GOAL, "goal": GOAL, "explain": explain,
-            "diagnosis": diagnose(share["median"], explain, figures),
-            "notes": f"{plan.model}, batch {plan.batch}, {res} px, λ = μ = 1, "
-                     f"{'bf16 autocast' if plan.device == 'cuda' else 'fp32'}, channels-last, "
-                     f"compile {'on' if compile_ else 'off'}, {plan.cores} loader workers"}
+    figures = {
+        "fed by CoupledLoader": figure(fed, "images/s"),
+        "synthetic on-device": figure(syn, "images/s"),
+        "CoupledLoader alone (no training)": figure(alone, "images/s"),
+    }
+    return {
+        "figures": figures,
+        "ratios": {"fed / synthetic": share},
+        "meets_goal": share["median"] >= GOAL,
+        "goal": GOAL,
+        "explain": explain,
+        "diagnosis": diagnose(share["median"], explain, figures),
+        "notes": f"{plan.model}, batch {plan.batch}, {res} px, λ = μ = 1, "
+        f"{'bf16 autocast' if plan.device == 'cuda' else 'fp32'}, channels-last, "
+        f"compile {'on' if compile_ else 'off'}, {plan.cores} loader workers",
+    }
 
 
 def diagnose(share: float, explain: dict, figures: dict) -> str:
@@ -606,11 +767,15 @@ def diagnose(share: float, explain: dict, figures: dict) -> str:
     ceiling = figures["synthetic on-device"]["median"]
     why = [f"loader waits {100 * explain['loader_wait_share']:.0f}% of a step"]
     if alone < ceiling:
-        why.append(f"the loader alone gives {alone:,.0f} img/s < {ceiling:,.0f} (decode-bound "
-                   "on these cores)")  # fmt: skip
+        why.append(
+            f"the loader alone gives {alone:,.0f} img/s < {ceiling:,.0f} (decode-bound "
+            "on these cores)"
+        )
     else:
-        why.append("the loader alone is fast enough: contention between decoding threads "
-                   "and the training loop")  # fmt: skip
+        why.append(
+            "the loader alone is fast enough: contention between decoding threads "
+            "and the training loop"
+        )
     if "h2d_copy" in explain:
         why.append(f"H2D {explain['h2d_copy']['ms_per_batch']['median']:.2f} ms/batch")
     return f"{share:.2f} of synthetic: " + "; ".join(why)
@@ -622,9 +787,11 @@ def h2d_copy(plan: Plan, res: int) -> dict:
     import torch
 
     n, s = plan.batch, plan.map_size
-    host = [torch.empty((n, res, res, 3), dtype=torch.uint8).pin_memory(),
-            torch.empty((n, 2, s, s), dtype=torch.float32).pin_memory(),
-            torch.empty((n, 3), dtype=torch.float32).pin_memory()]  # fmt: skip
+    host = [
+        torch.empty((n, res, res, 3), dtype=torch.uint8).pin_memory(),
+        torch.empty((n, 2, s, s), dtype=torch.float32).pin_memory(),
+        torch.empty((n, 3), dtype=torch.float32).pin_memory(),
+    ]
     nbytes = sum(t.numel() * t.element_size() for t in host)
     times = []
     for _ in range(12):
@@ -636,8 +803,11 @@ def h2d_copy(plan: Plan, res: int) -> dict:
         end.synchronize()
         times.append(start.elapsed_time(end))
     times = times[2:]
-    return {"ms_per_batch": figure(times, "ms"), "bytes_per_batch": nbytes,
-            "gb_per_s": nbytes / (sorted(times)[len(times) // 2] * 1e-3) / 1e9}  # fmt: skip
+    return {
+        "ms_per_batch": figure(times, "ms"),
+        "bytes_per_batch": nbytes,
+        "gb_per_s": nbytes / (sorted(times)[len(times) // 2] * 1e-3) / 1e9,
+    }
 
 
 # ============================================================================== DALI
@@ -656,18 +826,37 @@ def step_dali(plan: Plan, work: Path) -> dict:
     import bench_dali
 
     beton = need_beton(plan, work)
-    argv = ["--beton", str(beton), "--batch", str(plan.batch), "--threads", str(plan.cores),
-            "--reps", str(plan.reps), "--image-size", str(plan.loader_res), "--map-size",
-            str(plan.map_size), "--device", "gpu" if plan.device == "cuda" else "cpu",
-            "--hw-decoder-load", *(str(x) for x in plan.hw_loads)]  # fmt: skip
+    argv = [
+        "--beton",
+        str(beton),
+        "--batch",
+        str(plan.batch),
+        "--threads",
+        str(plan.cores),
+        "--reps",
+        str(plan.reps),
+        "--image-size",
+        str(plan.loader_res),
+        "--map-size",
+        str(plan.map_size),
+        "--device",
+        "gpu" if plan.device == "cuda" else "cpu",
+        "--hw-decoder-load",
+        *(str(x) for x in plan.hw_loads),
+    ]
     args = bench_dali.parse_args(argv)
     rates = bench_dali.measure(bench_dali.make_loaders(beton, args), plan.reps, sync_of(plan))
     label = bench_dali.label
-    return {"figures": {label(k): figure(v, "images/s") for k, v in rates.items()},
-            "ratios": {f"{label(k)} / {label('ffcv')}": ratio(v, rates["ffcv"])
-                       for k, v in rates.items() if k != "ffcv"},
-            "notes": f"RRC {plan.loader_res} + map + point, batch {plan.batch}, "
-                     f"{plan.cores} threads/workers, uint8 images"}  # fmt: skip
+    return {
+        "figures": {label(k): figure(v, "images/s") for k, v in rates.items()},
+        "ratios": {
+            f"{label(k)} / {label('ffcv')}": ratio(v, rates["ffcv"])
+            for k, v in rates.items()
+            if k != "ffcv"
+        },
+        "notes": f"RRC {plan.loader_res} + map + point, batch {plan.batch}, "
+        f"{plan.cores} threads/workers, uint8 images",
+    }
 
 
 def step_dali_align(plan: Plan, work: Path) -> dict:
@@ -681,14 +870,32 @@ def step_dali_align(plan: Plan, work: Path) -> dict:
     path = work / "marked.beton"
     samples = write_marked_beton(path, 128, (48, 64), 9)
     gpu = plan.device == "cuda"
-    loader = make_loader("dali", path, batch_size=batch, image_size=image_hw, map_size=map_hw,
-                         seed=seed, device="cuda:0" if gpu else None,
-                         workers=min(plan.cores, 4))  # fmt: skip
-    m = augment_and_measure(loader, samples, loader.source.sizes, seed, image_hw, map_hw,
-                            batch_size=batch, epochs=plan.align_epochs)  # fmt: skip
-    checks = {"augmentations": m.seen, "marker_checks": len(m.marker_err),
-              "max_marker_err_px": max(m.marker_err, default=0.0),
-              "max_map_err_cells": max(m.map_err, default=0.0)}  # fmt: skip
+    loader = make_loader(
+        "dali",
+        path,
+        batch_size=batch,
+        image_size=image_hw,
+        map_size=map_hw,
+        seed=seed,
+        device="cuda:0" if gpu else None,
+        workers=min(plan.cores, 4),
+    )
+    m = augment_and_measure(
+        loader,
+        samples,
+        loader.source.sizes,
+        seed,
+        image_hw,
+        map_hw,
+        batch_size=batch,
+        epochs=plan.align_epochs,
+    )
+    checks = {
+        "augmentations": m.seen,
+        "marker_checks": len(m.marker_err),
+        "max_marker_err_px": max(m.marker_err, default=0.0),
+        "max_map_err_cells": max(m.map_err, default=0.0),
+    }
     checks["pass"] = checks["max_marker_err_px"] <= 1.0 and checks["max_map_err_cells"] <= 1.0
     checks["pytest_gpu_test"] = _gpu_pytest(plan)
     return {"checks": checks, "notes": f"DALI {'mixed, GPU' if gpu else 'CPU'} pipeline"}
@@ -760,8 +967,11 @@ def _child(step: Step, plan: Plan, work: Path, result: Path, log: Path) -> None:
     try:
         record = run_step(step, plan, work)
     except BaseException as e:  # noqa: BLE001 - recorded, then the check goes on
-        record = {"status": "failed", "reason": f"{type(e).__name__}: {e}"[:500],
-                  "traceback": traceback.format_exc()[-3000:]}  # fmt: skip
+        record = {
+            "status": "failed",
+            "reason": f"{type(e).__name__}: {e}"[:500],
+            "traceback": traceback.format_exc()[-3000:],
+        }
     result.write_text(json.dumps(record, default=_jsonable) + "\n")
     sys.stdout.flush()
     sys.stderr.flush()
@@ -812,8 +1022,14 @@ class Running:
 NEEDS_DATA = {"loaders", "train", "dali", "compile"}
 
 
-def run_steps(steps: list[Step], plan: Plan, work: Path, deadline: float, jobs: int,
-              echo: Callable[[str], None]) -> dict[str, dict]:  # fmt: skip
+def run_steps(
+    steps: list[Step],
+    plan: Plan,
+    work: Path,
+    deadline: float,
+    jobs: int,
+    echo: Callable[[str], None],
+) -> dict[str, dict]:
     """Steps in order, ``jobs`` at a time (1 for measurements; more only for the dry run);
     a step that reads the .beton starts after prep has ended."""
     pending, running, done = list(steps), [], {}
@@ -846,8 +1062,10 @@ def _budget_refusal(step: Step, plan: Plan, left: float) -> dict | None:
     floor = plan.min_step_s if plan.dry_run else MIN_SECONDS.get(step.kind, plan.min_step_s)
     if min(plan.timeouts[step.kind], left - 5) >= floor:
         return None
-    return {"status": "not run",
-            "reason": f"time budget: {max(left, 0):.0f} s left, the step needs >= {floor} s"}
+    return {
+        "status": "not run",
+        "reason": f"time budget: {max(left, 0):.0f} s left, the step needs >= {floor} s",
+    }
 
 
 def _progress_line(name: str, record: dict, deadline: float) -> str:
@@ -883,20 +1101,32 @@ def preload(plan: Plan) -> None:
         import luab_data.loaders.dali_loader  # noqa: F401
 
 
-def run_check(plan: Plan, work: Path, budget_s: float, only: list[str] | None = None,
-              jobs: int = 1, echo=print) -> dict:  # fmt: skip
+def run_check(
+    plan: Plan,
+    work: Path,
+    budget_s: float,
+    only: list[str] | None = None,
+    jobs: int = 1,
+    echo=print,
+) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     preload(plan)
-    report: dict[str, Any] = {"what": "luab-data GPU check (benchmarks/gpu_check.py)",
-                              "dry_run": plan.dry_run, "plan": asdict(plan), "jobs": jobs,
-                              "budget_s": budget_s, "date": time.strftime("%Y-%m-%d %H:%M"),
-                              "preload_s": round(time.perf_counter() - start, 1)}  # fmt: skip
+    report: dict[str, Any] = {
+        "what": "luab-data GPU check (benchmarks/gpu_check.py)",
+        "dry_run": plan.dry_run,
+        "plan": asdict(plan),
+        "jobs": jobs,
+        "budget_s": budget_s,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "preload_s": round(time.perf_counter() - start, 1),
+    }
     steps = steps_of(plan)
     chosen = [s for s in steps if not only or s.name == "env" or {s.name, s.kind} & set(only)]
     echo(f"preloaded in {report['preload_s']} s; {len(chosen)} steps, budget {budget_s:.0f} s")
-    records = run_steps(chosen, plan, work, start + budget_s, jobs, lambda line: echo(line,
-                        flush=True))  # fmt: skip
+    records = run_steps(
+        chosen, plan, work, start + budget_s, jobs, lambda line: echo(line, flush=True)
+    )
     skipped = {"status": "not run", "reason": "not selected (--steps)"}
     report["steps"] = {s.name: records.get(s.name, skipped) for s in steps}
     report["seconds"] = round(time.perf_counter() - start, 1)
@@ -910,10 +1140,16 @@ def summary(report: dict) -> dict:
     counts: dict[str, int] = {}
     for record in steps.values():
         counts[record["status"]] = counts.get(record["status"], 0) + 1
-    train = {k: v["ratios"]["fed / synthetic"]["median"] for k, v in steps.items()
-             if v["status"] == "ok" and "fed / synthetic" in v.get("ratios", {})}  # fmt: skip
-    return {"statuses": counts, "fed_over_synthetic": train,
-            "all_train_meet_goal": bool(train) and all(x >= GOAL for x in train.values())}
+    train = {
+        k: v["ratios"]["fed / synthetic"]["median"]
+        for k, v in steps.items()
+        if v["status"] == "ok" and "fed / synthetic" in v.get("ratios", {})
+    }
+    return {
+        "statuses": counts,
+        "fed_over_synthetic": train,
+        "all_train_meet_goal": bool(train) and all(x >= GOAL for x in train.values()),
+    }
 
 
 # ============================================================================== the table
@@ -922,9 +1158,11 @@ def summary(report: dict) -> dict:
 def table(report: dict) -> str:
     m = report["machine"]
     gpu = m.get("gpu") or "none"
-    lines = [f"luab-data GPU check{' (DRY RUN, CPU)' if report['dry_run'] else ''}: GPU {gpu}, "
-             f"{m.get('cores', '?')} cores, torch {m.get('versions', {}).get('torch')}, "
-             f"{report['seconds']:.0f} s"]  # fmt: skip
+    lines = [
+        f"luab-data GPU check{' (DRY RUN, CPU)' if report['dry_run'] else ''}: GPU {gpu}, "
+        f"{m.get('cores', '?')} cores, torch {m.get('versions', {}).get('torch')}, "
+        f"{report['seconds']:.0f} s"
+    ]
     head = f"{'step':12} {'figure':62} {'median':>10} {'min-max':>19} {'unit':>8}"
     lines += [head, "-" * len(head)]
     for name, rec in report["steps"].items():
@@ -938,8 +1176,10 @@ def _step_lines(name: str, rec: dict) -> list[str]:
     mem = f", GPU max {gpu_mib:,.0f} MiB" if gpu_mib is not None else ""
     out = [f"{name:12} [{status[:110]}] {rec.get('seconds', 0):.0f} s{mem}"]
     for label, f in {**rec.get("figures", {}), **rec.get("ratios", {})}.items():
-        out.append(f"{'':12} {label[:62]:62} {_num(f['median']):>10} "
-                   f"{_num(f['min']) + '-' + _num(f['max']):>19} {f['unit']:>8}")  # fmt: skip
+        out.append(
+            f"{'':12} {label[:62]:62} {_num(f['median']):>10} "
+            f"{_num(f['min']) + '-' + _num(f['max']):>19} {f['unit']:>8}"
+        )
     for key in ("diagnosis",):
         if rec.get(key):
             out.append(f"{'':12} {rec[key]}")
@@ -969,14 +1209,22 @@ def default_out(report: dict) -> Path:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, every step")
-    ap.add_argument("--out", type=Path, help="the JSON record (default: results/gpu-<gpu>.json;"
-                    " a dry run: <work>/gpu-check-dry-run.json)")  # fmt: skip
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="the JSON record (default: results/gpu-<gpu>.json;"
+        " a dry run: <work>/gpu-check-dry-run.json)",
+    )
     ap.add_argument("--work", type=Path, help="data, logs, runs (default: out/gpu_check[_dry])")
     ap.add_argument("--budget-s", type=float, help="whole run (default 540; dry run 400)")
     ap.add_argument("--images", type=int, help="images to generate (default 10000)")
     ap.add_argument("--steps", nargs="+", help="only these steps or kinds (env always runs)")
-    ap.add_argument("--jobs", type=int, help="steps at a time (default 1; dry run 2: its "
-                    "figures mean nothing, only that every step runs)")  # fmt: skip
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        help="steps at a time (default 1; dry run 2: its "
+        "figures mean nothing, only that every step runs)",
+    )
     return ap.parse_args(argv)
 
 

@@ -78,15 +78,20 @@ class OfficialStyleDataset(Dataset):
         point = xml_point(self.xml_root / wnid / f"{stem}.xml")
         original = image.size
         top, left, h, w = rrc_params(*original)
-        image = image.resize((self.size, self.size), Image.BICUBIC,
-                             box=(left, top, left + w, top + h))  # fmt: skip
+        image = image.resize(
+            (self.size, self.size), Image.BICUBIC, box=(left, top, left + w, top + h)
+        )
         flip = random.random() < 0.5
         if flip:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         target, weight = self._target(point, original, (left, top, w, h), flip)
         pixels = (np.asarray(image, np.float32) / 255.0 - MEAN) / STD
-        return (torch.from_numpy(pixels.transpose(2, 0, 1).copy()), self.index[wnid],
-                torch.tensor(target), torch.tensor(weight))  # fmt: skip
+        return (
+            torch.from_numpy(pixels.transpose(2, 0, 1).copy()),
+            self.index[wnid],
+            torch.tensor(target),
+            torch.tensor(weight),
+        )
 
     @staticmethod
     def _target(point, image_size, box, flip) -> tuple[list[float], float]:
@@ -99,7 +104,8 @@ class OfficialStyleDataset(Dataset):
         return [1 - tx if flip else tx, ty], 1.0
 
 
-def official_loader(images: Path, xml_root: Path, classes: list[str], batch_size: int,
-                    workers: int) -> DataLoader:  # fmt: skip
+def official_loader(
+    images: Path, xml_root: Path, classes: list[str], batch_size: int, workers: int
+) -> DataLoader:
     dataset = OfficialStyleDataset(images, xml_root, classes)
     return DataLoader(dataset, batch_size, shuffle=True, num_workers=workers, drop_last=True)

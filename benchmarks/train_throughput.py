@@ -76,11 +76,35 @@ def write_beton(path: Path, n: int, workers: int) -> None:
 
 def train(feed: list[str], args: argparse.Namespace, out: Path) -> dict:
     """One fast_train run; images/s of each epoch after the first."""
-    cmd = [sys.executable, str(ROOT / "train" / "fast_train.py"), "--model", args.model,
-           "--batch-size", str(args.batch_size), "--min-res", str(args.res), "--max-res",
-           str(args.res), "--epochs", str(args.epochs), "--workers", str(args.workers),
-           "--lam", "1", "--mu", "1", "--num-classes", "1000", "--lr", "0.1",
-           "--out", str(out), "--quiet", *feed, *args.extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "train" / "fast_train.py"),
+        "--model",
+        args.model,
+        "--batch-size",
+        str(args.batch_size),
+        "--min-res",
+        str(args.res),
+        "--max-res",
+        str(args.res),
+        "--epochs",
+        str(args.epochs),
+        "--workers",
+        str(args.workers),
+        "--lam",
+        "1",
+        "--mu",
+        "1",
+        "--num-classes",
+        "1000",
+        "--lr",
+        "0.1",
+        "--out",
+        str(out),
+        "--quiet",
+        *feed,
+        *args.extra,
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     (out / "metrics.jsonl").unlink(missing_ok=True)
@@ -88,8 +112,12 @@ def train(feed: list[str], args: argparse.Namespace, out: Path) -> dict:
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [r["images_per_s"] for r in records if r["event"] == "epoch" and r["epoch"] > 0]
     start = next(r for r in records if r["event"] == "start")
-    return {"command": " ".join(cmd[1:]), "device": start["device"], "epoch_rates": rates,
-            "images_per_s": statistics.median(rates) if rates else None}  # fmt: skip
+    return {
+        "command": " ".join(cmd[1:]),
+        "device": start["device"],
+        "epoch_rates": rates,
+        "images_per_s": statistics.median(rates) if rates else None,
+    }
 
 
 def main() -> None:
@@ -103,10 +131,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (CPU runs)")
     parser.add_argument("--loaders", nargs="+", default=["ffcv"], choices=["ffcv", "dali", "torch"])
-    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
-                        help="more fast_train flags for every run, e.g. --compile")
-    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" /
-                        "train_throughput.json")  # fmt: skip
+    parser.add_argument(
+        "--extra",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="more fast_train flags for every run, e.g. --compile",
+    )
+    parser.add_argument(
+        "--results", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput.json"
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     beton = args.work / f"photolike-{args.n}.beton"
@@ -115,19 +148,28 @@ def main() -> None:
         write_beton(beton, args.n, args.workers)
         print(f"wrote {beton} in {time.perf_counter() - start:.1f} s", flush=True)
     steps = max(1, args.n // args.batch_size)
-    results = {"synthetic": train(["--synthetic", "--synthetic-steps", str(steps)], args,
-                                  args.work / "synthetic")}  # fmt: skip
+    results = {
+        "synthetic": train(
+            ["--synthetic", "--synthetic-steps", str(steps)], args, args.work / "synthetic"
+        )
+    }
     for loader in args.loaders:
-        results[loader] = train(["--train", str(beton), "--loader", loader], args,
-                                args.work / loader)  # fmt: skip
+        results[loader] = train(
+            ["--train", str(beton), "--loader", loader], args, args.work / loader
+        )
     ceiling = results["synthetic"]["images_per_s"]
     for name, r in results.items():
         share = r["images_per_s"] / ceiling if ceiling and r["images_per_s"] else float("nan")
-        print(f"{name:<10} {r['images_per_s'] or float('nan'):>10,.0f} images/s  "
-              f"({share:.0%} of synthetic)  on {r['device']}")
-    record = {"what": "fast_train images/s: loader-fed vs synthetic on-device input",
-              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "machine": _machine(), "results": results}  # fmt: skip
+        print(
+            f"{name:<10} {r['images_per_s'] or float('nan'):>10,.0f} images/s  "
+            f"({share:.0%} of synthetic)  on {r['device']}"
+        )
+    record = {
+        "what": "fast_train images/s: loader-fed vs synthetic on-device input",
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "machine": _machine(),
+        "results": results,
+    }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(record, indent=1) + "\n")
 
@@ -136,8 +178,13 @@ def _machine() -> dict:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "gpu": gpu,
-            "torch": torch.__version__, "loadavg": os.getloadavg()}  # fmt: skip
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "loadavg": os.getloadavg(),
+    }
 
 
 if __name__ == "__main__":

@@ -50,9 +50,11 @@ def wrap(image: torch.Tensor, box: list[float] | None, point: tuple[float, float
     height, width = image.shape[-2:]
     box = box if box is not None else [0.0, 0.0, float(width), float(height)]
     xy = [point[0] * width, point[1] * height] if point is not None else [0.0, 0.0]
-    return (tv_tensors.Image(image),
-            tv_tensors.BoundingBoxes([box], format="XYXY", canvas_size=(height, width)),
-            tv_tensors.KeyPoints([xy], canvas_size=(height, width)))  # fmt: skip
+    return (
+        tv_tensors.Image(image),
+        tv_tensors.BoundingBoxes([box], format="XYXY", canvas_size=(height, width)),
+        tv_tensors.KeyPoints([xy], canvas_size=(height, width)),
+    )
 
 
 def point_weight(points: torch.Tensor, present: bool, size: int) -> torch.Tensor:
@@ -82,9 +84,15 @@ class TorchvisionV2Dataset(Dataset):
         return image, self.index[path.parent.name], boxes, points, weight
 
 
-def torchvision_loader(images: Path, xml_root: Path, classes: list[str], batch_size: int,
-                       workers: int, size: int = 224) -> DataLoader:  # fmt: skip
+def torchvision_loader(
+    images: Path, xml_root: Path, classes: list[str], batch_size: int, workers: int, size: int = 224
+) -> DataLoader:
     # persistent workers: a tuned user's setting, so worker start-up is not billed per epoch
-    return DataLoader(TorchvisionV2Dataset(images, xml_root, classes, size), batch_size,
-                      shuffle=True, num_workers=workers, drop_last=True,
-                      persistent_workers=workers > 0)  # fmt: skip
+    return DataLoader(
+        TorchvisionV2Dataset(images, xml_root, classes, size),
+        batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=workers > 0,
+    )

@@ -57,8 +57,12 @@ def benchmarks_dir() -> Path:
 
 def spread(values: Sequence[float]) -> dict:
     """Median and min-max of repeated measurements."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "n": len(values)}  # fmt: skip
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
 
 
 def ratio_spread(ours: Sequence[float], base: Sequence[float]) -> dict:
@@ -78,12 +82,20 @@ def _stage_module(stage: str):
 
 def machine_info() -> dict:
     """What the figures came from: CPU, cores, memory, GPU, library versions, load."""
-    info = {"cpu": "unknown", "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
+    info = {
+        "cpu": "unknown",
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                 if ln.startswith("model name")]  # fmt: skip
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
         info["cpu"] = names[0] if names else "unknown"
     meminfo = Path("/proc/meminfo")
     if meminfo.exists():
@@ -108,8 +120,18 @@ def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("luab-data", "numpy", "numba", "pyarrow", "torch", "ffcv", "opencv-python",
-                 "nvidia-dali-cuda130", "torchvision", "timm"):  # fmt: skip
+    for name in (
+        "luab-data",
+        "numpy",
+        "numba",
+        "pyarrow",
+        "torch",
+        "ffcv",
+        "opencv-python",
+        "nvidia-dali-cuda130",
+        "torchvision",
+        "timm",
+    ):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -141,8 +163,10 @@ def run_bench(stages: Sequence[str], quick: bool, data: Path, echo=print, tiny=F
 def table(report: dict) -> str:
     """Plain-text table: ratio first (the headline), then absolute rates."""
     m = report["machine"]
-    lines = [f"machine: {m['cpu']}, {m['cores']} cores, {m.get('memory_gb', '?')} GB, "
-             f"GPU: {m['gpu'] or 'none'}, load {m['load_average'][0]:.1f}"]  # fmt: skip
+    lines = [
+        f"machine: {m['cpu']}, {m['cores']} cores, {m.get('memory_gb', '?')} GB, "
+        f"GPU: {m['gpu'] or 'none'}, load {m['load_average'][0]:.1f}"
+    ]
     head = f"{'stage':8} {'ours / baseline':56} {'ratio (min-max)':22} {'ours':>10} {'base':>10}"
     lines += [head, "-" * len(head)]
     for stage, result in report["stages"].items():
@@ -160,8 +184,9 @@ def _entry_lines(stage: str, e: dict) -> list[str]:
         ours_name, base_name = label.split(" / ", 1)
         ours, base = e["results"][ours_name], e["results"][base_name]
         ratio = f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})"
-        out.append(f"{'':8} {label[:56]:56} {ratio:22} "
-                   f"{ours['median']:>10,.0f} {base['median']:>10,.0f}")  # fmt: skip
+        out.append(
+            f"{'':8} {label[:56]:56} {ratio:22} {ours['median']:>10,.0f} {base['median']:>10,.0f}"
+        )
     return out
 
 
@@ -172,8 +197,12 @@ def chart(report: dict, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(f"{s}: {e['name']}\n{label}", r) for s, res in report["stages"].items()
-            for e in res.get("entries", []) for label, r in e["ratios"].items()]  # fmt: skip
+    rows = [
+        (f"{s}: {e['name']}\n{label}", r)
+        for s, res in report["stages"].items()
+        for e in res.get("entries", [])
+        for label, r in e["ratios"].items()
+    ]
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.2))
@@ -187,8 +216,9 @@ def chart(report: dict, png: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("ours / baseline (median, min-max); >1 is faster")
     m = report["machine"]
-    ax.set_title(f"luab-data bench — {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}",
-                 fontsize=9)  # fmt: skip
+    ax.set_title(
+        f"luab-data bench — {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)

@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from luab_data import __version__
-from luab_data.ingest import NothingKept, Summary, iterate
+from luab_data.ingest import NothingKept, Summary, iterate, resolve_images
 from luab_data.records import Reject, record_schema
 from luab_data.records.schema import FORMAT_VERSION
-from luab_data.sources import Source
+from luab_data.sources import Source, detect_kind, open_source, read_class_file
+from luab_data.sources.sharding import parse_shard
 from luab_data.writers.parquet import (
     ParquetShardWriter,
     legacy_manifest_path,
@@ -69,8 +70,9 @@ def build_parquet(
         raise
     if summary.records == 0 and (summary.rejects or shard[1] == 1):  # not just a small shard
         rejects_file = writer.keep_rejects()
-        raise NothingKept(summary, list(first.values()), rejects_file, shard,
-                          getattr(source, "images", None))  # fmt: skip
+        raise NothingKept(
+            summary, list(first.values()), rejects_file, shard, getattr(source, "images", None)
+        )
     manifest = {
         "metadata": metadata,
         "source": _describe(source),
@@ -95,5 +97,53 @@ def _remove_shard(out: Path, manifest: Path) -> None:
 def _describe(source: Source) -> dict:
     path = Path(source.path)
     stat = path.stat()
-    return {"path": str(path.resolve()), "kind": source.kind, "size": stat.st_size,
-            "mtime": int(stat.st_mtime)}  # fmt: skip
+    return {
+        "path": str(path.resolve()),
+        "kind": source.kind,
+        "size": stat.st_size,
+        "mtime": int(stat.st_mtime),
+    }
+
+
+def run_parquet_build(
+    src,
+    kind,
+    classes_file,
+    coco_policy,
+    images,
+    with_images,
+    out,
+    shard,
+    strict,
+    overwrite,
+    rows_per_file,
+    workers,
+    quiet,
+) -> Summary:
+    """The Parquet part of `luab-data build`: open the source and write shard `shard` ('i/n')
+    of it into the folder `out` (the local command and each task of `--engine ray` call it)."""
+    shard_ = parse_shard(shard)
+    notes = []
+    if images:
+        images, note = resolve_images(images, kind or detect_kind(Path(src)))
+        notes.append(note)
+    classes = read_class_file(classes_file) if classes_file else None
+    source = open_source(
+        src,
+        kind,
+        classes=classes,
+        coco_policy=coco_policy,
+        images=images,
+        with_jpeg=with_images,
+        workers=workers,
+    )
+    return build_parquet(
+        source,
+        Path(out),
+        shard_,
+        strict=strict,
+        overwrite=overwrite,
+        rows_per_file=rows_per_file,
+        show_progress=not quiet,
+        notes=notes,
+    )

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from luab_data import __version__, bench
+from luab_data.build import run_parquet_build
 from luab_data.ingest import StrictError, Summary, iterate
 from luab_data.ray_build import BuildJob, check_engine, ray_options
 from luab_data.recipes import load_recipe
@@ -25,7 +26,6 @@ from luab_data.writers.beton_cli import (
     refuse_inapplicable,
     run_beton_build,
 )
-from luab_data.writers.parquet_cli import run_parquet_build
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -146,9 +146,28 @@ def _fail(err: Exception) -> None:
 @ray_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def build(ctx, src, kind, classes_file, coco_policy, images, with_images, out, fmt, shard, strict,
-          overwrite, rows_per_file, workers, engine, address, shards, no_merge, quiet,
-          **beton):  # fmt: skip
+def build(
+    ctx,
+    src,
+    kind,
+    classes_file,
+    coco_policy,
+    images,
+    with_images,
+    out,
+    fmt,
+    shard,
+    strict,
+    overwrite,
+    rows_per_file,
+    workers,
+    engine,
+    address,
+    shards,
+    no_merge,
+    quiet,
+    **beton,
+):
     """Read a release (or records) and write canonical records as Parquet shards, or pack
     images and byproducts into an FFCV .beton (--out X.beton, with --images).
 
@@ -168,35 +187,79 @@ def build(ctx, src, kind, classes_file, coco_policy, images, with_images, out, f
     if fmt == "beton" and ctx.get_parameter_source("coco_policy").name == "DEFAULT":
         coco_policy = recipe.get("build", {}).get("coco_policy", coco_policy)
     if engine == "ray":
-        job = BuildJob(src, out, fmt, kind, classes_file, coco_policy, images, with_images,
-                       strict, rows_per_file, recipe, beton)  # fmt: skip
+        job = BuildJob(
+            src,
+            out,
+            fmt,
+            kind,
+            classes_file,
+            coco_policy,
+            images,
+            with_images,
+            strict,
+            rows_per_file,
+            recipe,
+            beton,
+        )
         _build_on_ray(job, address, shards, not no_merge, overwrite, quiet)
         return
     if fmt == "beton":
         beton["with_images"] = with_images
         try:
-            summary = run_beton_build(src, kind, classes_file, coco_policy, images, out, shard,
-                                      strict, overwrite, workers, quiet, recipe, beton)  # fmt: skip
+            summary = run_beton_build(
+                src,
+                kind,
+                classes_file,
+                coco_policy,
+                images,
+                out,
+                shard,
+                strict,
+                overwrite,
+                workers,
+                quiet,
+                recipe,
+                beton,
+            )
         except (SourceError, StrictError, FileExistsError, ValueError) as err:
             _fail(err)
         click.echo("\n".join(summary.lines()))
         return
     try:
-        summary = run_parquet_build(src, kind, classes_file, coco_policy, images, with_images,
-                                    out, shard, strict, overwrite, rows_per_file, workers,
-                                    quiet)  # fmt: skip
+        summary = run_parquet_build(
+            src,
+            kind,
+            classes_file,
+            coco_policy,
+            images,
+            with_images,
+            out,
+            shard,
+            strict,
+            overwrite,
+            rows_per_file,
+            workers,
+            quiet,
+        )
     except (SourceError, StrictError, FileExistsError, ValueError) as err:
         _fail(err)
     click.echo("\n".join(summary.lines()))
 
 
-def _build_on_ray(job: BuildJob, address: str | None, shards: int | None, merge: bool,
-                  overwrite: bool, quiet: bool) -> None:  # fmt: skip
+def _build_on_ray(
+    job: BuildJob,
+    address: str | None,
+    shards: int | None,
+    merge: bool,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
     try:
         from luab_data.ray_build import ShardsFailed, build_on_ray
 
-        summary = build_on_ray(job, address=address, shards=shards, merge=merge,
-                               overwrite=overwrite, quiet=quiet)  # fmt: skip
+        summary = build_on_ray(
+            job, address=address, shards=shards, merge=merge, overwrite=overwrite, quiet=quiet
+        )
     except ModuleNotFoundError as err:
         if err.name != "ray":
             raise
@@ -235,8 +298,13 @@ def export(src, kind, classes_file, coco_policy, out, fmt, rejects, strict, quie
     try:
         source = _open(src, kind, classes_file, coco_policy)
         with atomic_path(Path(out)) as tmp, open(tmp, "w") as f:
-            batches = iterate(source, strict=strict, show_progress=not quiet,
-                              on_rejects=bad.extend, summary=summary)  # fmt: skip
+            batches = iterate(
+                source,
+                strict=strict,
+                show_progress=not quiet,
+                on_rejects=bad.extend,
+                summary=summary,
+            )
             write_interchange(batches, source.metadata(), f, as_list=fmt == "json")
         if rejects:
             with atomic_path(Path(rejects)) as tmp:
@@ -252,8 +320,12 @@ def export(src, kind, classes_file, coco_policy, out, fmt, rejects, strict, quie
 # --- inspect --------------------------------------------------------------------------------
 @main.command("inspect")
 @click.argument("path", type=click.Path(exists=True), required=False)
-@click.option("--src", type=click.Path(exists=True), default=None,
-              help="The source or output to inspect (the same as PATH, as in build and export).")
+@click.option(
+    "--src",
+    type=click.Path(exists=True),
+    default=None,
+    help="The source or output to inspect (the same as PATH, as in build and export).",
+)
 @click.option("--kind", type=click.Choice(KINDS), default=None, help="Force the kind of PATH.")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -270,8 +342,7 @@ def inspect_cmd(path, src, kind, as_json, quiet):
         stats = collect(iterate(source, show_progress=not quiet, summary=summary))
     except SourceError as err:
         _fail(err)
-    stats = {"path": str(path), "kind": source.kind, **stats,
-             "rejects": dict(summary.rejects)}  # fmt: skip
+    stats = {"path": str(path), "kind": source.kind, **stats, "rejects": dict(summary.rejects)}
     if as_json:
         click.echo(json.dumps(stats, indent=2))
         return
@@ -309,8 +380,10 @@ def merge_cmd(out, shards, overwrite):
         _fail(err)
     seconds = time.perf_counter() - start
     size = manifest["bytes"]
-    click.echo(f"merged {len(manifest['merged_from'])} shards, {len(manifest['keys']):,} samples, "
-               f"{size / 2**20:,.0f} MiB in {seconds:.1f} s ({size / 2**20 / seconds:,.0f} MiB/s)")
+    click.echo(
+        f"merged {len(manifest['merged_from'])} shards, {len(manifest['keys']):,} samples, "
+        f"{size / 2**20:,.0f} MiB in {seconds:.1f} s ({size / 2**20 / seconds:,.0f} MiB/s)"
+    )
     click.echo(f"wrote {out} and {out}.json")
 
 

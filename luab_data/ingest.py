@@ -64,8 +64,14 @@ IMAGE_FOLDERS = {"imagenet-ab": "train", "coco-ab": "train2014"}  # first part o
 class NothingKept(ValueError):
     """Every record of the shard was rejected (or there were none): nothing is built."""
 
-    def __init__(self, summary: Summary, rejects: Sequence[Reject], rejects_file: Path,
-                 shard: tuple[int, int], images: Path | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        summary: Summary,
+        rejects: Sequence[Reject],
+        rejects_file: Path,
+        shard: tuple[int, int],
+        images: Path | None,
+    ) -> None:
         total = sum(summary.rejects.values())
         lines = [f"no record kept in shard {shard[0]}/{shard[1]}: {total:,} rejected"]
         lines += [f"  {reason:<16}{n:,}" for reason, n in summary.rejects.most_common()]
@@ -84,11 +90,15 @@ def _hint(reason: str | None, images: Path | None) -> str:
     if reason is None:
         return "the source holds no records for this shard"
     if reason == "missing-image":
-        return (f"--images {images} must be the folder holding train/ (ImageNet) or "
-                "train2014/ (COCO), or that folder itself")  # fmt: skip
+        return (
+            f"--images {images} must be the folder holding train/ (ImageNet) or "
+            "train2014/ (COCO), or that folder itself"
+        )
     if reason == "bad-image":
-        return ("the images do not decode, declare more than --max-pixels, or disagree "
-                "with the records' sizes (--size-tolerance): each reject's detail says which")
+        return (
+            "the images do not decode, declare more than --max-pixels, or disagree "
+            "with the records' sizes (--size-tolerance): each reject's detail says which"
+        )
     return "docs/RECORDS.md says what each reject reason means"
 
 

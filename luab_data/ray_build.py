@@ -63,14 +63,38 @@ def run_shard(job: BuildJob, shard: str) -> Summary:
         from luab_data.writers.beton_cli import run_beton_build
 
         given = {**job.beton, "with_images": job.with_images}
-        return run_beton_build(job.src, job.kind, job.classes_file, job.coco_policy, job.images,
-                               job.out, shard, job.strict, True, 1, True, job.recipe,
-                               given)  # fmt: skip
-    from luab_data.writers.parquet_cli import run_parquet_build
+        return run_beton_build(
+            job.src,
+            job.kind,
+            job.classes_file,
+            job.coco_policy,
+            job.images,
+            job.out,
+            shard,
+            job.strict,
+            True,
+            1,
+            True,
+            job.recipe,
+            given,
+        )
+    from luab_data.build import run_parquet_build
 
-    return run_parquet_build(job.src, job.kind, job.classes_file, job.coco_policy, job.images,
-                             job.with_images, job.out, shard, job.strict, True,
-                             job.rows_per_file, 1, True)  # fmt: skip
+    return run_parquet_build(
+        job.src,
+        job.kind,
+        job.classes_file,
+        job.coco_policy,
+        job.images,
+        job.with_images,
+        job.out,
+        shard,
+        job.strict,
+        True,
+        job.rows_per_file,
+        1,
+        True,
+    )
 
 
 def _task(run: Callable[[BuildJob, str], Summary], job: BuildJob, shard: str) -> Summary:
@@ -80,9 +104,16 @@ def _task(run: Callable[[BuildJob, str], Summary], job: BuildJob, shard: str) ->
 # ---------------------------------------------------------------- the driver
 
 
-def build_on_ray(job: BuildJob, *, address: str | None = None, shards: int | None = None,
-                 merge: bool = True, overwrite: bool = False, quiet: bool = False,
-                 run: Callable[[BuildJob, str], Summary] = run_shard) -> Summary:  # fmt: skip
+def build_on_ray(
+    job: BuildJob,
+    *,
+    address: str | None = None,
+    shards: int | None = None,
+    merge: bool = True,
+    overwrite: bool = False,
+    quiet: bool = False,
+    run: Callable[[BuildJob, str], Summary] = run_shard,
+) -> Summary:
     """Build every shard of `job` as a Ray task, then merge .beton shards into `job.out`.
     `run` is what each task calls (a module-level function workers can import by name)."""
     import ray
@@ -108,12 +139,17 @@ def build_on_ray(job: BuildJob, *, address: str | None = None, shards: int | Non
 def _absolute(job: BuildJob) -> BuildJob:
     """Paths as every node sees them (tasks run in other working folders); each must exist
     here, on the driver: on a cluster, a shared filesystem mounted alike on every node."""
-    paths = {k: os.path.abspath(getattr(job, k)) for k in ("src", "out", "images", "classes_file")
-             if getattr(job, k)}  # fmt: skip
+    paths = {
+        k: os.path.abspath(getattr(job, k))
+        for k in ("src", "out", "images", "classes_file")
+        if getattr(job, k)
+    }
     for name in ("src", "images", "classes_file"):
         if name in paths and not os.path.exists(paths[name]):
-            raise FileNotFoundError(f"{paths[name]} does not exist on this machine: every node "
-                                    "must see the inputs at the same path")  # fmt: skip
+            raise FileNotFoundError(
+                f"{paths[name]} does not exist on this machine: every node "
+                "must see the inputs at the same path"
+            )
     folder = Path(paths["out"]) if job.fmt == "parquet" else Path(paths["out"]).parent
     folder.mkdir(parents=True, exist_ok=True)
     return replace(job, **paths)
@@ -141,8 +177,9 @@ def _shard_manifests(job: BuildJob, n: int) -> list[Path]:
     from luab_data.writers.parquet import legacy_manifest_path, manifest_path
 
     out = Path(job.out)
-    return [p for i in range(n) for p in (manifest_path(out, (i, n)),
-                                          legacy_manifest_path(out, (i, n)))]  # fmt: skip
+    return [
+        p for i in range(n) for p in (manifest_path(out, (i, n)), legacy_manifest_path(out, (i, n)))
+    ]
 
 
 def _refuse_complete(job: BuildJob, n: int, merge: bool, overwrite: bool) -> None:
@@ -154,8 +191,10 @@ def _refuse_complete(job: BuildJob, n: int, merge: bool, overwrite: bool) -> Non
 
         done += [manifest_path(Path(job.out))] if manifest_path(Path(job.out)).exists() else []
     if done and not overwrite:
-        raise FileExistsError(f"{done[0]} exists ({len(done)} complete outputs of this build): "
-                              "already built (use --overwrite to redo)")  # fmt: skip
+        raise FileExistsError(
+            f"{done[0]} exists ({len(done)} complete outputs of this build): "
+            "already built (use --overwrite to redo)"
+        )
 
 
 def _run_tasks(ray: Any, job: BuildJob, n: int, run: Callable, progress: bool) -> list[Summary]:
@@ -167,8 +206,9 @@ def _run_tasks(ray: Any, job: BuildJob, n: int, run: Callable, progress: bool) -
     pending = {task.remote(run, job, f"{i}/{n}"): i for i in range(n)}
     done: dict[int, Summary] = {}
     failed: dict[int, str] = {}
-    with tqdm(total=n, desc="shards", unit="shard", disable=not progress,
-              dynamic_ncols=True) as bar:  # fmt: skip
+    with tqdm(
+        total=n, desc="shards", unit="shard", disable=not progress, dynamic_ncols=True
+    ) as bar:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
@@ -180,8 +220,10 @@ def _run_tasks(ray: Any, job: BuildJob, n: int, run: Callable, progress: bool) -
                 bar.update(1)
     if failed:
         lines = [f"  shard {i}/{n}: {failed[i]}" for i in sorted(failed)]
-        raise ShardsFailed(f"{len(failed)} of {n} shards failed (nothing merged; the other "
-                           "shards are complete):\n" + "\n".join(lines))  # fmt: skip
+        raise ShardsFailed(
+            f"{len(failed)} of {n} shards failed (nothing merged; the other "
+            "shards are complete):\n" + "\n".join(lines)
+        )
     return [done[i] for i in range(n)]
 
 
@@ -225,18 +267,32 @@ def _finish(job: BuildJob, n: int, merge: bool, overwrite: bool, notes: list[str
 # ---------------------------------------------------------------- command-line options
 
 _OPTIONS = [
-    click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
-                 show_default=True,
-                 help="ray: run the shards as Ray tasks (one CPU each), then merge .beton "
-                 "shards. Inputs and output must be on a filesystem every node shares."),
-    click.option("--address", default=None,
-                 help="--engine ray: the Ray cluster to join (default: start a local Ray on "
-                 "this machine's cores for this command)."),
-    click.option("--shards", type=click.IntRange(1), default=None,
-                 help="--engine ray: number of shards  [default: the cluster's CPUs]"),
-    click.option("--no-merge", is_flag=True,
-                 help="--engine ray, .beton: keep the shards instead of merging them."),
-]  # fmt: skip
+    click.option(
+        "--engine",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help="ray: run the shards as Ray tasks (one CPU each), then merge .beton "
+        "shards. Inputs and output must be on a filesystem every node shares.",
+    ),
+    click.option(
+        "--address",
+        default=None,
+        help="--engine ray: the Ray cluster to join (default: start a local Ray on "
+        "this machine's cores for this command).",
+    ),
+    click.option(
+        "--shards",
+        type=click.IntRange(1),
+        default=None,
+        help="--engine ray: number of shards  [default: the cluster's CPUs]",
+    ),
+    click.option(
+        "--no-merge",
+        is_flag=True,
+        help="--engine ray, .beton: keep the shards instead of merging them.",
+    ),
+]
 
 
 def ray_options(f):
@@ -253,5 +309,7 @@ def check_engine(ctx: click.Context, engine: str) -> None:
         names = ", ".join("--" + n.replace("_", "-") for n in bad)
         raise click.UsageError(f"{names} only apply to --engine ray")
     if engine == "ray" and (bad := sorted(given & {"shard", "workers"})):
-        raise click.UsageError(f"--{bad[0]} does not apply to --engine ray: it runs --shards "
-                               "tasks, one writer process each")  # fmt: skip
+        raise click.UsageError(
+            f"--{bad[0]} does not apply to --engine ray: it runs --shards "
+            "tasks, one writer process each"
+        )

@@ -17,8 +17,13 @@ from luab_data.raster import RasterConfig
 # package data, so that an installed wheel finds them too; pipelines/train/ holds the trainer's
 RECIPES_DIR = Path(__file__).resolve().parent / "pipelines"
 # build keys that are not BetonOptions fields
-_RASTER_KEYS = {"map_size": "size", "sigma": "sigma", "sigma_units": "sigma_units",
-                "channels": "channels", "selected_only": "selected_only"}  # fmt: skip
+_RASTER_KEYS = {
+    "map_size": "size",
+    "sigma": "sigma",
+    "sigma_units": "sigma_units",
+    "channels": "channels",
+    "selected_only": "selected_only",
+}
 _SOURCE_KEYS = ("format", "coco_policy", "per_class_maps")
 
 
@@ -33,8 +38,9 @@ def load_recipe(name_or_path: str | Path) -> dict:
     if not path.is_file():
         path = RECIPES_DIR / f"{name_or_path}.json"
     if not path.is_file():
-        raise ValueError(f"no recipe {name_or_path!r}: use a .json path or one of "
-                         f"{', '.join(recipe_names())}")  # fmt: skip
+        raise ValueError(
+            f"no recipe {name_or_path!r}: use a .json path or one of {', '.join(recipe_names())}"
+        )
     recipe = json.loads(path.read_text())
     unknown = set(recipe.get("build", {})) - set(_RASTER_KEYS) - set(_SOURCE_KEYS) - _option_names()
     if unknown:
@@ -56,8 +62,11 @@ def beton_options(build: dict[str, Any], n_classes: int = 0) -> BetonOptions:
     cfg = RasterConfig(**raster)
     if build.get("per_class_maps"):
         cfg = replace(cfg, n_classes=n_classes)
-    options = {k: v for k, v in build.items()  # max_resolution None: keep the original size
-               if k in _option_names() and (v is not None or k == "max_resolution")}  # fmt: skip
+    options = {
+        k: v
+        for k, v in build.items()  # max_resolution None: keep the original size
+        if k in _option_names() and (v is not None or k == "max_resolution")
+    }
     return BetonOptions(raster=cfg, **options)
 
 

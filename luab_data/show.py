@@ -57,13 +57,15 @@ def _caption(tile: np.ndarray, text: str) -> np.ndarray:
     import cv2
 
     strip = np.full((TILE_CAPTION, tile.shape[1], 3), 24, np.uint8)
-    cv2.putText(strip, text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (235, 235, 235), 1,
-                cv2.LINE_AA)  # fmt: skip
+    cv2.putText(
+        strip, text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (235, 235, 235), 1, cv2.LINE_AA
+    )
     return np.concatenate([tile, strip], axis=0)
 
 
-def render_tile(dataset, index: int, channel: str, map_names: list[str],
-                classes: list) -> np.ndarray:  # fmt: skip
+def render_tile(
+    dataset, index: int, channel: str, map_names: list[str], classes: list
+) -> np.ndarray:
     """One augmented sample drawn as a tile (RGB)."""
     from luab_data import geometry as geo
 
@@ -71,8 +73,11 @@ def render_tile(dataset, index: int, channel: str, map_names: list[str],
     tile = s["image"].copy()
     if "map" in s:
         tile = _overlay(tile, _heat(s["map"], tile.shape[:2], channel, map_names))
-    trace = dataset.samples.file.array("trace", index) if "trace" in dataset.samples.file.names \
-        else None  # fmt: skip
+    trace = (
+        dataset.samples.file.array("trace", index)
+        if "trace" in dataset.samples.file.names
+        else None
+    )
     if trace is not None:
         target, weight = geo.transform_points(trace, s["box"], s["flip"])
         _dots(tile, target, weight)
@@ -90,9 +95,20 @@ def render_tile(dataset, index: int, channel: str, map_names: list[str],
     return _caption(tile, f"#{index} {text} {area:.0%}{flip}")
 
 
-def show_grid(path: str | Path, out: str | Path, *, n: int = 16, cols: int = 4,
-              size: int = 224, map_size: int = 28, seed: int = 0, epoch: int = 0,
-              channel: str = "max", train: bool = True, start: int = 0) -> Path:  # fmt: skip
+def show_grid(
+    path: str | Path,
+    out: str | Path,
+    *,
+    n: int = 16,
+    cols: int = 4,
+    size: int = 224,
+    map_size: int = 28,
+    seed: int = 0,
+    epoch: int = 0,
+    channel: str = "max",
+    train: bool = True,
+    start: int = 0,
+) -> Path:
     """Write a PNG grid of `n` augmented samples of a .beton; returns its path."""
     import cv2
 
@@ -142,8 +158,12 @@ def _manifest_or_empty(path, read) -> dict:
 @click.option("--cols", default=4, show_default=True, help="Tiles per row.")
 @click.option("--size", default=224, show_default=True, help="Crop size in pixels.")
 @click.option("--map-size", default=28, show_default=True, help="Cells of the cropped map.")
-@click.option("--channel", default="max", show_default=True,
-              help="Map channel to draw (click, trace, click:<class>) or the max over all.")
+@click.option(
+    "--channel",
+    default="max",
+    show_default=True,
+    help="Map channel to draw (click, trace, click:<class>) or the max over all.",
+)
 @click.option("--seed", default=0, show_default=True, help="Augmentation seed.")
 @click.option("--epoch", default=0, show_default=True, help="Epoch of the augmentation.")
 @click.option("--start", default=0, show_default=True, help="First sample index.")
@@ -152,8 +172,19 @@ def show(beton, out, n, cols, size, map_size, channel, seed, epoch, start, val) 
     """Draw augmented training samples of BETON: crop, cropped map as a heat map, the point
     target (white cross) and the trace (cyan dots)."""
     try:
-        path = show_grid(beton, out, n=n, cols=cols, size=size, map_size=map_size, seed=seed,
-                         epoch=epoch, channel=channel, train=not val, start=start)  # fmt: skip
+        path = show_grid(
+            beton,
+            out,
+            n=n,
+            cols=cols,
+            size=size,
+            map_size=map_size,
+            seed=seed,
+            epoch=epoch,
+            channel=channel,
+            train=not val,
+            start=start,
+        )
     except (ValueError, OSError) as err:
         raise click.ClickException(str(err)) from err
     click.echo(f"wrote {path}")

@@ -62,8 +62,10 @@ class RecordStats:
             "clicks_per_record": _quantiles(n_clicks),
             "annotation_duration_ms": _quantiles(durations),
             "annotators": {"distinct": len(self.workers), **_quantiles(per_worker)},
-            "classes": {"distinct": len(self.labels), **_quantiles(np.array(
-                list(self.labels.values()) or [0]))},  # fmt: skip
+            "classes": {
+                "distinct": len(self.labels),
+                **_quantiles(np.array(list(self.labels.values()) or [0])),
+            },
             "click_grid_rows_top_to_bottom": self.click_grid.tolist(),
             "clicks_outside_image": self.clicks_outside,
         }
@@ -73,9 +75,14 @@ def _quantiles(a: np.ndarray) -> dict:
     if a.size == 0:
         return {"n": 0}
     q = np.percentile(a, [0, 5, 50, 95, 100])
-    return {"n": int(a.size), "mean": round(float(a.mean()), 2),
-            **{k: round(float(v), 2) for k, v in zip(("min", "p5", "median", "p95", "max"), q,
-                                                      strict=True)}}  # fmt: skip
+    return {
+        "n": int(a.size),
+        "mean": round(float(a.mean()), 2),
+        **{
+            k: round(float(v), 2)
+            for k, v in zip(("min", "p5", "median", "p95", "max"), q, strict=True)
+        },
+    }
 
 
 def collect(batches: Iterable[pa.RecordBatch]) -> dict:
@@ -91,25 +98,31 @@ def format_summary(s: dict) -> str:
     def dist(d: dict) -> str:
         if d.get("n", 0) == 0:
             return "none"
-        return (f"mean {d['mean']:g}  min {d['min']:g}  p5 {d['p5']:g}  median {d['median']:g}  "
-                f"p95 {d['p95']:g}  max {d['max']:g}  (n={d['n']:,})")  # fmt: skip
+        return (
+            f"mean {d['mean']:g}  min {d['min']:g}  p5 {d['p5']:g}  median {d['median']:g}  "
+            f"p95 {d['p95']:g}  max {d['max']:g}  (n={d['n']:,})"
+        )
 
-    grid = "\n".join("    " + " ".join(f"{c:7,d}" for c in row)
-                     for row in s["click_grid_rows_top_to_bottom"])  # fmt: skip
+    grid = "\n".join(
+        "    " + " ".join(f"{c:7,d}" for c in row) for row in s["click_grid_rows_top_to_bottom"]
+    )
     votes = s["votes"]
-    return "\n".join([
-        f"records               {s['records']:,}  (with paper point {s['records_with_point']:,}, "
-        f"with trace {s['records_with_trace']:,}, with box {s['records_with_box']:,})",
-        f"annotations           {s['annotations']:,}  (positive {votes['positive']:,}, "
-        f"negative {votes['negative']:,})",
-        f"trace samples/record  {dist(s['trace_samples_per_record'])}",
-        f"clicks/record         {dist(s['clicks_per_record'])}",
-        f"annotation time (ms)  {dist(s['annotation_duration_ms'])}",
-        f"annotators            {s['annotators']['distinct']:,} distinct; annotations each: "
-        f"{dist(s['annotators'])}",
-        f"classes               {s['classes']['distinct']:,} distinct; records each: "
-        f"{dist(s['classes'])}",
-        f"click positions ({GRID}x{GRID} grid over the image, top row first; "
-        f"{s['clicks_outside_image']:,} outside):",
-        grid,
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"records               {s['records']:,}  "
+            f"(with paper point {s['records_with_point']:,}, "
+            f"with trace {s['records_with_trace']:,}, with box {s['records_with_box']:,})",
+            f"annotations           {s['annotations']:,}  (positive {votes['positive']:,}, "
+            f"negative {votes['negative']:,})",
+            f"trace samples/record  {dist(s['trace_samples_per_record'])}",
+            f"clicks/record         {dist(s['clicks_per_record'])}",
+            f"annotation time (ms)  {dist(s['annotation_duration_ms'])}",
+            f"annotators            {s['annotators']['distinct']:,} distinct; annotations each: "
+            f"{dist(s['annotators'])}",
+            f"classes               {s['classes']['distinct']:,} distinct; records each: "
+            f"{dist(s['classes'])}",
+            f"click positions ({GRID}x{GRID} grid over the image, top row first; "
+            f"{s['clicks_outside_image']:,} outside):",
+            grid,
+        ]
+    )

@@ -84,12 +84,15 @@ def _difference(want: np.ndarray, got: np.ndarray) -> str:
         return f"expected {want.tolist()}, file has {got.tolist()}"
     bad = np.argwhere(want != got)
     at = tuple(int(v) for v in bad[0])
-    return (f"{len(bad)} of {want.size} values differ, first at {at}: "
-            f"expected {want[at]}, file has {got[at]}")  # fmt: skip
+    return (
+        f"{len(bad)} of {want.size} values differ, first at {at}: "
+        f"expected {want[at]}, file has {got[at]}"
+    )
 
 
-def check_block(report: Report, beton, batch: pa.RecordBatch, positions: list[int],
-                options, n_labels: int) -> None:  # fmt: skip
+def check_block(
+    report: Report, beton, batch: pa.RecordBatch, positions: list[int], options, n_labels: int
+) -> None:
     """Compare one batch of source records with the samples at `positions` of the file."""
     from luab_data.beton.fields import INDEX, LABEL, LABELS, MAP, POINT, SIZE, TRACE
     from luab_data.beton.samples import block_arrays
@@ -98,17 +101,33 @@ def check_block(report: Report, beton, batch: pa.RecordBatch, positions: list[in
     keys = batch.column("key").to_pylist()
     idx = np.asarray(positions)
     _compare(report, keys, INDEX, idx, beton.arrays(INDEX, idx))
-    _compare(report, keys, LABELS if n_labels else LABEL, block.labels,
-             beton.arrays(LABELS if n_labels else LABEL, idx))  # fmt: skip
+    _compare(
+        report,
+        keys,
+        LABELS if n_labels else LABEL,
+        block.labels,
+        beton.arrays(LABELS if n_labels else LABEL, idx),
+    )
     if options.byproducts:
-        for name, want in ((MAP, block.maps), (POINT, block.points), (TRACE, block.traces),
-                           (SIZE, block.sizes)):  # fmt: skip
+        for name, want in (
+            (MAP, block.maps),
+            (POINT, block.points),
+            (TRACE, block.traces),
+            (SIZE, block.sizes),
+        ):
             _compare(report, keys, name, want, beton.arrays(name, idx))
     report.checked += len(idx)
 
 
-def check_images(report: Report, beton, batch: pa.RecordBatch, images: Path,
-                 positions: list[int], options, decode: bool) -> None:  # fmt: skip
+def check_images(
+    report: Report,
+    beton,
+    batch: pa.RecordBatch,
+    images: Path,
+    positions: list[int],
+    options,
+    decode: bool,
+) -> None:
     """The source image's header passes the build's checks (pixel limit, record's size) and
     the stored size is FFCV's resize of the declared one (nothing is decoded, whatever the
     header says); optionally decode each stored image."""
@@ -149,8 +168,12 @@ def _resized(size: np.ndarray, max_resolution: int | None) -> np.ndarray:
 def _source_batches(source, shard, quiet: bool, rejected: set) -> Iterator[pa.RecordBatch]:
     from luab_data.ingest import iterate
 
-    yield from iterate(source, tuple(shard), show_progress=not quiet,
-                       on_rejects=lambda rs: rejected.update(r.key for r in rs))  # fmt: skip
+    yield from iterate(
+        source,
+        tuple(shard),
+        show_progress=not quiet,
+        on_rejects=lambda rs: rejected.update(r.key for r in rs),
+    )
 
 
 def _manifest(path: Path) -> dict:
@@ -190,9 +213,14 @@ def check_bytes(path: Path, manifest: dict) -> tuple[Report, Any]:
     return report, beton
 
 
-def verify_beton(path: str | Path, src: str | Path | None = None, *,
-                 images: str | Path | None = None, decode_images: bool = False,
-                 quiet: bool = True) -> Report:  # fmt: skip
+def verify_beton(
+    path: str | Path,
+    src: str | Path | None = None,
+    *,
+    images: str | Path | None = None,
+    decode_images: bool = False,
+    quiet: bool = True,
+) -> Report:
     """Check the bytes of a .beton, then (with `src`) every sample against its source; see
     the module docstring. VerifyError (a ValueError) or FileNotFoundError when the file
     cannot be read at all."""
@@ -249,12 +277,20 @@ def _rejected_keys(path: Path) -> set[str]:
 
 @click.command("verify")
 @click.argument("beton", type=click.Path())
-@click.option("--src", default=None, type=click.Path(exists=True),
-              help="The source the file was built from (release, records or Parquet); "
-              "without it only the file's bytes are checked.")
-@click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Image folder (holding train/, or train/ itself): also check every "
-              "stored image's size against its source image's header.")
+@click.option(
+    "--src",
+    default=None,
+    type=click.Path(exists=True),
+    help="The source the file was built from (release, records or Parquet); "
+    "without it only the file's bytes are checked.",
+)
+@click.option(
+    "--images",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Image folder (holding train/, or train/ itself): also check every "
+    "stored image's size against its source image's header.",
+)
 @click.option("--decode-images", is_flag=True, help="Also decode every stored image.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def verify(beton, src, images, decode_images, quiet) -> None:
@@ -263,8 +299,7 @@ def verify(beton, src, images, decode_images, quiet) -> None:
     source records (maps re-rasterised bit-exact, points, traces, labels, sizes, keys).
     Exit status 1 on any mismatch or unreadable file, with a one-line error."""
     try:
-        report = verify_beton(beton, src, images=images, decode_images=decode_images,
-                              quiet=quiet)  # fmt: skip
+        report = verify_beton(beton, src, images=images, decode_images=decode_images, quiet=quiet)
     except (FileNotFoundError, ValueError) as err:
         raise click.ClickException(_one_line(str(err))) from err
     except Exception as err:  # noqa: BLE001 -- any input: an error line, never a traceback

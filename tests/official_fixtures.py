@@ -129,9 +129,12 @@ def imagenet_members() -> list[tuple[str, str]]:
         estimate=640,
     )
     b = metadata_xml(
-        image_id="n01440764/n01440764_1", selected=True, clicks=[(T0 + 2000, 0.6, 0.8)],
-        worker="BBBBBBBBBB", estimate=0,
-    )  # fmt: skip
+        image_id="n01440764/n01440764_1",
+        selected=True,
+        clicks=[(T0 + 2000, 0.6, 0.8)],
+        worker="BBBBBBBBBB",
+        estimate=0,
+    )
     neg = metadata_xml(
         image_id="n01440764/n01440764_2",
         selected=False,
@@ -164,8 +167,13 @@ def coco_action(kind: str, icon: str, t: int, to=None, frm=None) -> dict:
     def point(p):
         return None if p is None else {"x": p[0], "y": p[1]}
 
-    return {"actionType": kind, "iconType": icon, "pointFrom": point(frm), "pointTo": point(to),
-            "timeAt": t}  # fmt: skip
+    return {
+        "actionType": kind,
+        "iconType": icon,
+        "pointFrom": point(frm),
+        "pointTo": point(to),
+        "timeAt": t,
+    }
 
 
 def coco_record(image_id: int, actions=(), trace=(), width=640, height=480, **extra) -> dict:

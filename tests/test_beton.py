@@ -107,8 +107,12 @@ def test_manifest_describes_the_build(root, kind):
     assert m["format"] == "luab-beton" and m["file"] == path.name
     assert m["bytes"] == path.stat().st_size
     assert list(m["fields"]) == BetonFile(path).names
-    assert m["fields"]["map"] == {"type": "NDArrayField", "dtype": "uint8", "shape": [2, 16, 24],
-                                  "channels": ["click", "trace"]}  # fmt: skip
+    assert m["fields"]["map"] == {
+        "type": "NDArrayField",
+        "dtype": "uint8",
+        "shape": [2, 16, 24],
+        "channels": ["click", "trace"],
+    }
     assert BetonOptions.from_dict({k: v for k, v in m["build"].items() if k != "shard"}) == OPTIONS
     assert m["source"]["size"] == source_path(root, kind).stat().st_size
     assert len(m["source"]["sha256_first_mib"]) == 64
@@ -135,12 +139,15 @@ def test_records_source_with_missing_and_broken_images(root, tmp_path):
     with open(records, "w") as f:
         write_interchange(iter([table]), source.metadata(), f)
     out = tmp_path / "r.beton"
-    summary = build_beton(open_source(records), out, images=folder, options=OPTIONS, workers=2,
-                          show_progress=False)  # fmt: skip
+    summary = build_beton(
+        open_source(records), out, images=folder, options=OPTIONS, workers=2, show_progress=False
+    )
     keys = table.column("key").to_pylist()
     rejects = [json.loads(line) for line in rejects_path(out).read_text().splitlines()]
-    assert {(r["key"], r["reason"]) for r in rejects} == {(keys[3], "missing-image"),
-                                                          (keys[7], "bad-image")}  # fmt: skip
+    assert {(r["key"], r["reason"]) for r in rejects} == {
+        (keys[3], "missing-image"),
+        (keys[7], "bad-image"),
+    }
     assert dict(summary.rejects) == {"missing-image": 1, "bad-image": 1}
     kept = [k for i, k in enumerate(keys) if i not in (3, 7)]
     assert read_manifest(out)["keys"] == kept
@@ -151,8 +158,24 @@ def test_records_source_with_missing_and_broken_images(root, tmp_path):
 def test_cli_build_verify_and_tamper(root, tmp_path):
     folder = sample_dir(root, "coco-ab")
     src, out = source_path(root, "coco-ab"), tmp_path / "c.beton"
-    args = ("build", "--src", src, "--images", folder, "--out", out, "--recipe", "sample",
-            "--map-size", "8x12", "--sigma", "6px", "--max-resolution", "0", "--quiet")  # fmt: skip
+    args = (
+        "build",
+        "--src",
+        src,
+        "--images",
+        folder,
+        "--out",
+        out,
+        "--recipe",
+        "sample",
+        "--map-size",
+        "8x12",
+        "--sigma",
+        "6px",
+        "--max-resolution",
+        "0",
+        "--quiet",
+    )
     result = run(*args)
     assert result.exit_code == 0, result.output
     m = read_manifest(out)
@@ -175,8 +198,20 @@ def test_shards_partition_the_records(root, tmp_path):
     src = source_path(root, "imagenet-ab")
     out = tmp_path / "s.beton"
     for i in range(2):
-        result = run("build", "--src", src, "--images", sample_dir(root, "imagenet-ab"),
-                     "--out", out, "--shard", f"{i}/2", "--map-size", "8", "--quiet")  # fmt: skip
+        result = run(
+            "build",
+            "--src",
+            src,
+            "--images",
+            sample_dir(root, "imagenet-ab"),
+            "--out",
+            out,
+            "--shard",
+            f"{i}/2",
+            "--map-size",
+            "8",
+            "--quiet",
+        )
         assert result.exit_code == 0, result.output
     parts = sorted(tmp_path.glob("s-*.beton"))
     assert [p.name for p in parts] == ["s-00000-of-00002.beton", "s-00001-of-00002.beton"]

@@ -41,10 +41,12 @@ def test_shards_partition_records_and_share_labels(tar, tmp_path):
     assert len(manifests) == 3
     parts, _ = read_records(out)
     assert sorted(parts.column("key").to_pylist()) == sorted(whole.column("key").to_pylist())
-    labels = dict(zip(parts.column("key").to_pylist(), parts.column("label").to_pylist(),
-                      strict=True))  # fmt: skip
-    assert labels == dict(zip(whole.column("key").to_pylist(), whole.column("label").to_pylist(),
-                              strict=True))  # fmt: skip
+    labels = dict(
+        zip(parts.column("key").to_pylist(), parts.column("label").to_pylist(), strict=True)
+    )
+    assert labels == dict(
+        zip(whole.column("key").to_pylist(), whole.column("label").to_pylist(), strict=True)
+    )
     for m in manifests:  # every shard records the same, whole-source class list
         assert json.loads(m.read_text())["metadata"]["classes"] == IMAGENET_WNIDS
     for f in out.glob("*.parquet"):
@@ -141,18 +143,23 @@ def test_clear_error_for_unknown_source(tmp_path):
     ("args", "message"),
     [
         (["--out", "{tmp}/pq", "--map-size", "32"], "--map-size only applies to a .beton"),
-        (["--out", "{tmp}/pq", "--max-pixels", "9", "--sigma", "4px"],
-         "--max-pixels, --sigma only apply to a .beton"),
-        (["--out", "{tmp}/x.beton", "--rows-per-file", "5", "--images", "{tmp}"],
-         "--rows-per-file only applies to Parquet"),
+        (
+            ["--out", "{tmp}/pq", "--max-pixels", "9", "--sigma", "4px"],
+            "--max-pixels, --sigma only apply to a .beton",
+        ),
+        (
+            ["--out", "{tmp}/x.beton", "--rows-per-file", "5", "--images", "{tmp}"],
+            "--rows-per-file only applies to Parquet",
+        ),
         (["--out", "{tmp}/x.beton"], "needs its images: --images"),
         (["--out", "{tmp}/afile", "--format", "parquet"], "is a file: a Parquet build"),
         (["--out", "{tmp}", "--format", "beton", "--images", "{tmp}"], "is a folder: a .beton"),
         (["--out", "{tmp}/pq", "--classes", "{tmp}/missing.txt"], "does not exist"),
     ],
 )
-def test_build_refuses_inapplicable_options_and_bad_paths_before_reading(tar, tmp_path, args,
-                                                                         message):  # fmt: skip
+def test_build_refuses_inapplicable_options_and_bad_paths_before_reading(
+    tar, tmp_path, args, message
+):
     (tmp_path / "afile").write_text("x")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
     result = run("build", "--src", str(tar), *argv)

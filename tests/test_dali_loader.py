@@ -80,17 +80,16 @@ def test_beton_reader_round_trip(dataset):
 @pytest.mark.timeout(120)
 def test_train_alignment_over_many_augmentations(dataset):
     _, samples = dataset
-    loader = DaliLoader(
-        dataset[0], 64, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED, **CPU
-    )
+    loader = DaliLoader(dataset[0], 64, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED, **CPU)
 
     def layout(batch) -> None:
         assert batch.images.dtype == torch.uint8
         assert batch.images.is_contiguous(memory_format=torch.channels_last)
 
     # 20 x 128 = 2560 augmentations
-    m = augment_and_measure(loader, samples, loader.source.sizes, SEED, IMAGE_HW, MAP_HW,
-                            batch_size=64, on_batch=layout)  # fmt: skip
+    m = augment_and_measure(
+        loader, samples, loader.source.sizes, SEED, IMAGE_HW, MAP_HW, batch_size=64, on_batch=layout
+    )
     marker_err, map_err, seen, boxes = m.marker_err, m.map_err, m.seen, m.boxes
     assert seen == 2560 and len(marker_err) >= 1000
     assert max(marker_err) <= 1.0, np.sort(marker_err)[-5:]
@@ -181,9 +180,7 @@ def test_validation_normalisedmany_points(dataset):
     sequential order and a smaller last batch (nothing dropped)."""
     path, samples = dataset
     common = {"train": False, "image_size": IMAGE_HW, "map_size": MAP_HW, "seed": SEED}
-    loader = DaliLoader(
-        path, 50, normalize=True, names=FieldNames(point="points"), **common, **CPU
-    )
+    loader = DaliLoader(path, 50, normalize=True, names=FieldNames(point="points"), **common, **CPU)
     plain = DaliLoader(path, 50, **common, **CPU)
     mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
     indices, sizes = [], loader.source.sizes
@@ -210,10 +207,19 @@ def test_shards_partition_each_epoch(dataset):
     DistributedSampler), have equal len(), and reshuffle per epoch with the same seed."""
     path, _ = dataset
     loaders = [
-        DaliLoader(path, 16, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED,
-                   rank=r, world_size=3, drop_last=False, **CPU)
+        DaliLoader(
+            path,
+            16,
+            image_size=IMAGE_HW,
+            map_size=MAP_HW,
+            seed=SEED,
+            rank=r,
+            world_size=3,
+            drop_last=False,
+            **CPU,
+        )
         for r in range(3)
-    ]  # fmt: skip
+    ]
     assert {len(ld) for ld in loaders} == {3}  # ceil(128 / 3) = 43 samples: 16 + 16 + 11
     orders = [[ld.epoch_order(e) for ld in loaders] for e in range(2)]
     for per_shard in orders:

@@ -90,8 +90,15 @@ def _damage(case: str, path: Path) -> int | None:
         row = layout.metadata.dtype.itemsize
         flip(path, layout.metadata_start + 3 * row + layout.metadata.dtype.fields["f1"][1], 1)
         return 3
-    places = {"25 %": size // 4, "50 %": size // 2, "4 KB": 4096, "200 B from the end": size - 200,
-              "header": 0, "field table": 24 + 5, "allocation table": check_beton(path).alloc_ptr}
+    places = {
+        "25 %": size // 4,
+        "50 %": size // 2,
+        "4 KB": 4096,
+        "200 B from the end": size - 200,
+        "header": 0,
+        "field table": 24 + 5,
+        "allocation table": check_beton(path).alloc_ptr,
+    }
     if case in places:
         flip(path, places[case])
     elif case == "cut 1 KB":
@@ -108,8 +115,19 @@ def _damage(case: str, path: Path) -> int | None:
 
 
 SAMPLE_CASES = ["raw pixels", "jpeg stream", "map", "metadata row"]
-FILE_CASES = ["25 %", "50 %", "4 KB", "200 B from the end", "header", "field table",
-              "allocation table", "cut 1 KB", "cut 50 %", "sample count", "appended"]  # fmt: skip
+FILE_CASES = [
+    "25 %",
+    "50 %",
+    "4 KB",
+    "200 B from the end",
+    "header",
+    "field table",
+    "allocation table",
+    "cut 1 KB",
+    "cut 50 %",
+    "sample count",
+    "appended",
+]
 
 
 def _one_error_line(output: str) -> bool:
@@ -190,8 +208,15 @@ def _loader(kind: str, path, batch_size=8, **kw):
         pytest.importorskip("nvidia.dali")
     from luab_data.loaders.contract import make_loader
 
-    return make_loader(kind, path, batch_size=batch_size, workers=0 if kind == "reference" else 1,
-                       image_size=32, map_size=8, **kw)  # fmt: skip
+    return make_loader(
+        kind,
+        path,
+        batch_size=batch_size,
+        workers=0 if kind == "reference" else 1,
+        image_size=32,
+        map_size=8,
+        **kw,
+    )
 
 
 LOADERS = ("ffcv", "reference", "dali")
@@ -218,8 +243,18 @@ def _bad_input(case: str, copy: Path, tmp_path: Path) -> Path:
     return copy
 
 
-BAD_INPUTS = ["missing", "folder", "text file", "jpeg", "cut 1 KB", "cut 50 %",
-              "cut, no manifest", "header", "sample count", "allocation table"]  # fmt: skip
+BAD_INPUTS = [
+    "missing",
+    "folder",
+    "text file",
+    "jpeg",
+    "cut 1 KB",
+    "cut 50 %",
+    "cut, no manifest",
+    "header",
+    "sample count",
+    "allocation table",
+]
 
 
 @pytest.mark.timeout(120)

@@ -110,11 +110,26 @@ def test_writer_processes_inherit_nothing_of_this_process(root, tmp_path, plante
 
 def _start_build(root: Path, out: Path) -> subprocess.Popen:
     src, images = source_path(root, "imagenet-ab"), sample_dir(root, "imagenet-ab")
-    args = [sys.executable, str(PLANTS), "SlowSamples", "build", "--src", str(src),
-            "--images", str(images), "--out", str(out), "--map-size", "8", "--workers", "2",
-            "--quiet"]  # fmt: skip
-    return subprocess.Popen(args, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    args = [
+        sys.executable,
+        str(PLANTS),
+        "SlowSamples",
+        "build",
+        "--src",
+        str(src),
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--map-size",
+        "8",
+        "--workers",
+        "2",
+        "--quiet",
+    ]
+    return subprocess.Popen(
+        args, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _tree_once_packing(proc: subprocess.Popen, timeout: float = 150.0) -> list[psutil.Process]:

@@ -68,9 +68,13 @@ def train_loader(dataset):
 def test_round_trip_of_fields(dataset):
     path, samples = dataset
     loader = Loader(
-        str(path), batch_size=50, num_workers=1, order=OrderOption.SEQUENTIAL,
-        drop_last=False, pipelines={"image": None},
-    )  # fmt: skip
+        str(path),
+        batch_size=50,
+        num_workers=1,
+        order=OrderOption.SEQUENTIAL,
+        drop_last=False,
+        pipelines={"image": None},
+    )
     got = {"label": [], "map": [], "point": [], "points": []}
     for outputs in loader:
         for name, value in zip(got, outputs, strict=True):
@@ -90,8 +94,9 @@ def test_round_trip_of_fields(dataset):
 def test_train_alignment_over_many_augmentations(dataset, train_loader):
     _, samples = dataset
     # 20 x 128 = 2560 augmentations
-    m = augment_and_measure(train_loader, samples, train_loader.plan.sizes, SEED, IMAGE_HW,
-                            MAP_HW, batch_size=64)  # fmt: skip
+    m = augment_and_measure(
+        train_loader, samples, train_loader.plan.sizes, SEED, IMAGE_HW, MAP_HW, batch_size=64
+    )
     marker_err, map_err, seen, boxes_by_epoch = m.marker_err, m.map_err, m.seen, m.boxes
     assert seen == 2560 and len(marker_err) >= 1000
     assert max(marker_err) <= 1.0, np.sort(marker_err)[-5:]
@@ -148,9 +153,17 @@ def test_validation_pipeline_centre_crop_normalised(dataset):
     (ToDevice, channels-last, normalisation after the copy); a (K, 2) point field."""
     path, samples = dataset
     loader = CoupledLoader(
-        path, 50, train=False, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED,
-        workers=2, normalize=True, device="cpu", names=FieldNames(point="points"),
-    )  # fmt: skip
+        path,
+        50,
+        train=False,
+        image_size=IMAGE_HW,
+        map_size=MAP_HW,
+        seed=SEED,
+        workers=2,
+        normalize=True,
+        device="cpu",
+        names=FieldNames(point="points"),
+    )
     mean = np.array(IMAGENET_MEAN, np.float32)
     std = np.array(IMAGENET_STD, np.float32)
     sizes, indices, checked = loader.plan.sizes, [], 0

@@ -64,11 +64,20 @@ def _alive(pid: int) -> bool:
 @pytest.mark.timeout(60)
 def test_each_step_ends_with_a_status_and_the_rest_go_on(tmp_path: Path) -> None:
     pid_file = tmp_path / "grandchild.pid"
-    plan = Plan(dry_run=True, device="cpu", cores=1, min_step_s=1,
-                timeouts={"env": 3, "loss": 30, "raster": 30})  # fmt: skip
-    steps = [Step("hangs", "env", _sleeper(pid_file)), Step("missing", "loss", _missing),
-             Step("broken", "loss", _broken), Step("quick", "loss", _quick),
-             Step("late", "raster", _quick)]  # fmt: skip
+    plan = Plan(
+        dry_run=True,
+        device="cpu",
+        cores=1,
+        min_step_s=1,
+        timeouts={"env": 3, "loss": 30, "raster": 30},
+    )
+    steps = [
+        Step("hangs", "env", _sleeper(pid_file)),
+        Step("missing", "loss", _missing),
+        Step("broken", "loss", _broken),
+        Step("quick", "loss", _quick),
+        Step("late", "raster", _quick),
+    ]
     start = time.perf_counter()
     deadline = start + 15  # "late" finds less than its 30 s timeout + 5 s, but more than 1 s
     got = run_steps(steps, plan, tmp_path, deadline, jobs=1, echo=lambda line: None)
@@ -76,8 +85,11 @@ def test_each_step_ends_with_a_status_and_the_rest_go_on(tmp_path: Path) -> None
     assert list(got) == ["hangs", "missing", "broken", "quick", "late"]
     assert got["hangs"]["status"] == "timeout" and got["hangs"]["timeout_s"] == 3
     assert not _alive(int(pid_file.read_text()))  # killed with its step's whole session
-    assert got["missing"] == {**got["missing"], "status": "not run",
-                              "reason": "no such library here"}  # fmt: skip
+    assert got["missing"] == {
+        **got["missing"],
+        "status": "not run",
+        "reason": "no such library here",
+    }
     assert got["broken"]["status"] == "failed" and "ZeroDivisionError" in got["broken"]["reason"]
     assert "a bug" in got["broken"]["traceback"]
     quick = got["quick"]
@@ -85,8 +97,7 @@ def test_each_step_ends_with_a_status_and_the_rest_go_on(tmp_path: Path) -> None
     assert quick["memory"]["peak_rss_mib"] > 0
     assert got["late"]["status"] == "ok" and got["late"]["timeout_s"] < 30
     refused = run_steps(steps[3:], plan, tmp_path, time.perf_counter() + 3, 1, lambda line: None)
-    assert all(r["status"] == "not run" and "time budget" in r["reason"]
-               for r in refused.values())  # fmt: skip
+    assert all(r["status"] == "not run" and "time budget" in r["reason"] for r in refused.values())
 
 
 pytestmark = pytest.mark.timeout(600)  # the dry run; the test above has its own
@@ -98,10 +109,20 @@ def dry_run(tmp_path_factory) -> tuple[dict, str, Path]:
     out = work / "record" / "dry.json"
     env = {**os.environ, "PYTHON": sys.executable}
     res = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--work", str(work),
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=570, env=env,
-    )  # fmt: skip
+        [
+            "bash",
+            str(ROOT / "scripts" / "gpu_check.sh"),
+            "--dry-run",
+            "--work",
+            str(work),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=570,
+        env=env,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return json.loads(out.read_text()), res.stdout, out
 
@@ -142,8 +163,11 @@ def test_figures_are_positive_with_their_spread(dry_run) -> None:
         assert all(v > 0 or (ok_zero and v >= 0) for v in values), (label, values)
         assert fig["min"] <= fig["median"] <= fig["max"], label
     train = report["steps"]["train@32"]
-    assert set(train["figures"]) == {"fed by CoupledLoader", "synthetic on-device",
-                                     "CoupledLoader alone (no training)"}  # fmt: skip
+    assert set(train["figures"]) == {
+        "fed by CoupledLoader",
+        "synthetic on-device",
+        "CoupledLoader alone (no training)",
+    }
     assert train["ratios"]["fed / synthetic"]["median"] > 0
     assert isinstance(train["meets_goal"], bool) and train["diagnosis"]
     dali = report["steps"]["dali"]["figures"]

@@ -57,17 +57,25 @@ def assert_only_bad_rejected(table, rejects, bad_key, reason, names, raw, good):
 
 # ---------------------------------------------------------------- ImageNet-AB sweep
 
+
 def _meta(**kw) -> str:
-    base = {"image_id": "n01440764/n01440764_9", "selected": True,
-            "clicks": [(T0 + 5, 0.5, 0.5)], "trace": [(T0 + 1, 0.5, 0.5)]}  # fmt: skip
+    base = {
+        "image_id": "n01440764/n01440764_9",
+        "selected": True,
+        "clicks": [(T0 + 5, 0.5, 0.5)],
+        "trace": [(T0 + 1, 0.5, 0.5)],
+    }
     return metadata_xml(**{**base, **kw})
 
 
 def _leaf(tag: str) -> str:
     """A metadata block whose <tag> leaf holds the value."""
-    return bare_xml("n01440764", "bad", [_meta(estimate=V, width=V, height=V, page=V)]).replace(
-        f"<{tag}>{V}</{tag}>", f"<{tag}>@@KEEP@@</{tag}>"
-    ).replace(V, "7").replace("@@KEEP@@", V)
+    return (
+        bare_xml("n01440764", "bad", [_meta(estimate=V, width=V, height=V, page=V)])
+        .replace(f"<{tag}>{V}</{tag}>", f"<{tag}>@@KEEP@@</{tag}>")
+        .replace(V, "7")
+        .replace("@@KEEP@@", V)
+    )
 
 
 def _fixed(tag: str, old: str) -> str:
@@ -108,9 +116,10 @@ IMAGENET_FIELDS = {
     "selectedRecord/time": (_series("clicks", 0), ["selectedRecord", "time"]),
     "selectedRecord/x": (_series("clicks", 1), ["selectedRecord", "x"]),
     "selectedRecord/y": (_series("clicks", 2), ["selectedRecord", "y"]),
-    **{f"bndbox/{c}": (_box(i), ["bndbox"]) for i, c in enumerate(("xmin", "ymin", "xmax",
-                                                                    "ymax"))},
-}  # fmt: skip
+    **{
+        f"bndbox/{c}": (_box(i), ["bndbox"]) for i, c in enumerate(("xmin", "ymin", "xmax", "ymax"))
+    },
+}
 _INT16 = {"page_idx"}
 _INT64 = {"hit_submit_time"}
 _TIMES = {"mouseTracking/time", "selectedRecord/time"}
@@ -121,15 +130,24 @@ def imagenet_cases():
     """(field, kind, raw value, expected reason) for every numeric field of the XML."""
     for field in IMAGENET_FIELDS:
         if field in _TIMES:  # epoch ms: beyond int64 is unparsable, the rest is a bad time
-            cases = [("overflow", INT64_OVER, "bad-field"), ("absurd", "9" * 18, "bad-times"),
-                     ("negative", "-5000", "bad-times")]  # fmt: skip
+            cases = [
+                ("overflow", INT64_OVER, "bad-field"),
+                ("absurd", "9" * 18, "bad-times"),
+                ("negative", "-5000", "bad-times"),
+            ]
         elif field in _COORDS or field.startswith("bndbox"):
-            cases = [("overflow", "1e39", "bad-coordinates"), ("inf", "inf", "bad-coordinates"),
-                     ("negative", "-5000", "bad-coordinates")]  # fmt: skip
+            cases = [
+                ("overflow", "1e39", "bad-coordinates"),
+                ("inf", "inf", "bad-coordinates"),
+                ("negative", "-5000", "bad-coordinates"),
+            ]
         else:
             over = INT16_OVER if field in _INT16 else INT64_OVER if field in _INT64 else INT32_OVER
-            cases = [("overflow", over, "bad-field"), ("negative", "-5000", "bad-field"),
-                     ("float", "1.5", "bad-field")]  # fmt: skip
+            cases = [
+                ("overflow", over, "bad-field"),
+                ("negative", "-5000", "bad-field"),
+                ("float", "1.5", "bad-field"),
+            ]
         cases.append(("non-numeric", "abc", "bad-field"))
         for kind, raw, reason in cases:
             yield pytest.param(field, raw, reason, id=f"{field}-{kind}")
@@ -148,22 +166,38 @@ def test_imagenet_numeric_field_sweep(tmp_path, field, raw, reason):
 def test_imagenet_every_field_of_the_sweep_is_accepted_when_sane(tmp_path):
     """The sweep's documents are good records but for the planted value (so that the sweep
     tests that value, not something else)."""
-    sane = {"estimateTime": "7", "page_idx": "7", "hoveredCount": "1", "bndbox/xmin": "50",
-            "hit_submit_time": "1600000100", "mouseTracking/time": str(T0 + 1),
-            "selectedRecord/time": str(T0 + 5), "size/width": "600", "size/height": "600"}
-    members = [(f"train_xml/n01440764/ok{i}.xml", doc.replace(V, sane.get(f, "0.5" if (
-        f in _COORDS) else "300" if f.startswith("bndbox") else "64")))
-        for i, (f, (doc, _)) in enumerate(IMAGENET_FIELDS.items())]  # fmt: skip
+    sane = {
+        "estimateTime": "7",
+        "page_idx": "7",
+        "hoveredCount": "1",
+        "bndbox/xmin": "50",
+        "hit_submit_time": "1600000100",
+        "mouseTracking/time": str(T0 + 1),
+        "selectedRecord/time": str(T0 + 5),
+        "size/width": "600",
+        "size/height": "600",
+    }
+    members = [
+        (
+            f"train_xml/n01440764/ok{i}.xml",
+            doc.replace(
+                V,
+                sane.get(f, "0.5" if (f in _COORDS) else "300" if f.startswith("bndbox") else "64"),
+            ),
+        )
+        for i, (f, (doc, _)) in enumerate(IMAGENET_FIELDS.items())
+    ]
     table, rejects = read_records(write_tar(tmp_path / "ok.tar.gz", members))
     assert rejects == [] and table.num_rows == len(IMAGENET_FIELDS)
 
 
 def test_imagenet_too_many_annotations_for_int16(tmp_path):
-    block = ("<metadata><originalImageWidth>5</originalImageWidth><originalImageHeight>5"
-             "</originalImageHeight><selected>True</selected></metadata>")  # fmt: skip
+    block = (
+        "<metadata><originalImageWidth>5</originalImageWidth><originalImageHeight>5"
+        "</originalImageHeight><selected>True</selected></metadata>"
+    )
     members = imagenet_members()
-    members.append(("train_xml/n01440764/many.xml", bare_xml("n01440764", "many",
-                                                             [block] * 32768)))  # fmt: skip
+    members.append(("train_xml/n01440764/many.xml", bare_xml("n01440764", "many", [block] * 32768)))
     table, rejects = read_records(write_tar(tmp_path / "a.tar", members))
     assert [(r.key, r.reason) for r in rejects] == [("many", "bad-field")]
     assert "int16" in rejects[0].detail and table.num_rows == 4
@@ -171,10 +205,12 @@ def test_imagenet_too_many_annotations_for_int16(tmp_path):
 
 # ---------------------------------------------------------------- COCO-AB sweep
 
+
 def _coco_doc(where: str) -> str:
     """A good COCO record (image_id 77) whose `where` field holds V."""
-    rec = coco_record(77, [coco_action("add", "dog", 100, to=(0.5, 0.5))],
-                      trace=[(10, 0.1, 0.1), (20, 0.2, 0.2)])  # fmt: skip
+    rec = coco_record(
+        77, [coco_action("add", "dog", 100, to=(0.5, 0.5))], trace=[(10, 0.1, 0.1), (20, 0.2, 0.2)]
+    )
     if where.startswith("mouseTracking/"):
         rec["mouseTracking"][1][where.split("/")[1]] = V
     elif where.startswith("actionHistories/"):
@@ -186,8 +222,13 @@ def _coco_doc(where: str) -> str:
     return json.dumps(rec).replace(f'"{V}"', V)
 
 
-COCO_INTS = {"image_id": INT64_OVER, "page_id": INT16_OVER, "originalImageWidth": INT32_OVER,
-             "originalImageHeight": INT32_OVER, "timeSpent": INT32_OVER}  # fmt: skip
+COCO_INTS = {
+    "image_id": INT64_OVER,
+    "page_id": INT16_OVER,
+    "originalImageWidth": INT32_OVER,
+    "originalImageHeight": INT32_OVER,
+    "timeSpent": INT32_OVER,
+}
 COCO_FLOATS = {
     "mouseTracking/timeAt": ("bad-times", ["mouseTracking"]),
     "mouseTracking/x": ("bad-coordinates", ["mouseTracking"]),
@@ -200,13 +241,21 @@ COCO_FLOATS = {
 
 def coco_cases():
     for field, over in COCO_INTS.items():
-        for kind, raw in (("overflow", over), ("negative", "-5000"), ("float", "1.5"),
-                          ("string", '"12"'), ("non-numeric", "true")):  # fmt: skip
+        for kind, raw in (
+            ("overflow", over),
+            ("negative", "-5000"),
+            ("float", "1.5"),
+            ("string", '"12"'),
+            ("non-numeric", "true"),
+        ):
             yield pytest.param(field, raw, "bad-field", [field], id=f"{field}-{kind}")
     for field, (reason, names) in COCO_FLOATS.items():
-        for kind, raw, why in (("overflow", "1e400", reason), ("huge", "1e39", reason),
-                               ("negative", "-5000", reason),
-                               ("non-numeric", '"abc"', "bad-field")):  # fmt: skip
+        for kind, raw, why in (
+            ("overflow", "1e400", reason),
+            ("huge", "1e39", reason),
+            ("negative", "-5000", reason),
+            ("non-numeric", '"abc"', "bad-field"),
+        ):
             leaf = field.split("/")[1]
             yield pytest.param(field, raw, why, names + [leaf], id=f"{field}-{kind}")
 
@@ -217,19 +266,32 @@ def test_coco_numeric_field_sweep(tmp_path, field, raw, reason, names):
     path = tmp_path / "coco.json"
     path.write_text("[" + ",\n".join([good[0], _coco_doc(field).replace(V, raw), good[1]]) + "]")
     table, rejects = read_records(path)
-    key = "?coco.json[1]" if field == "image_id" and raw != "-5000" else (
-        "-5000" if field == "image_id" else "77")  # fmt: skip
+    key = (
+        "?coco.json[1]"
+        if field == "image_id" and raw != "-5000"
+        else ("-5000" if field == "image_id" else "77")
+    )
     forms_raw = raw.strip('"')
     assert_only_bad_rejected(table, rejects, key, reason, names, forms_raw, ["9", "25"])
     assert rejects[0].where == "coco.json[1]"
 
 
 def test_coco_sweep_documents_are_good_when_sane(tmp_path):
-    sane = {"image_id": "77", "page_id": "3", "timeSpent": "10", "mouseTracking/timeAt": "20",
-            "actionHistories/timeAt": "100"}  # fmt: skip
-    docs = [_coco_doc(f).replace(V, sane.get(f, "0.5" if "/" in f else "640")).replace(
-        '"image_id": 77', f'"image_id": {100 + i}' if f != "image_id" else '"image_id": 77')
-        for i, f in enumerate([*COCO_INTS, *COCO_FLOATS])]  # fmt: skip
+    sane = {
+        "image_id": "77",
+        "page_id": "3",
+        "timeSpent": "10",
+        "mouseTracking/timeAt": "20",
+        "actionHistories/timeAt": "100",
+    }
+    docs = [
+        _coco_doc(f)
+        .replace(V, sane.get(f, "0.5" if "/" in f else "640"))
+        .replace(
+            '"image_id": 77', f'"image_id": {100 + i}' if f != "image_id" else '"image_id": 77'
+        )
+        for i, f in enumerate([*COCO_INTS, *COCO_FLOATS])
+    ]
     path = tmp_path / "ok.json"
     path.write_text("[" + ",".join(docs) + "]")
     table, rejects = read_records(path)
@@ -245,20 +307,31 @@ def test_coco_missing_image_id_is_rejected_every_time(tmp_path):
     table, rejects = read_records(write_json(tmp_path / "c.json", records))
     assert sorted(table.column("key").to_pylist()) == ["25", "9"]
     assert [(r.key, r.reason, r.where) for r in rejects] == [
-        ("?c.json[1]", "bad-field", "c.json[1]"), ("?c.json[2]", "bad-field", "c.json[2]")]
+        ("?c.json[1]", "bad-field", "c.json[1]"),
+        ("?c.json[2]", "bad-field", "c.json[2]"),
+    ]
     assert all("image_id is missing" in r.detail for r in rejects)
     assert "-9223372036854775808" not in str(table.column("key").to_pylist())
 
 
 # ---------------------------------------------------------------- interchange form
 
-@pytest.mark.parametrize(("column", "value", "reason"), [
-    ("width", 3_000_000_000, "bad-field"), ("width", -5, "bad-field"),
-    ("ann_page", [70000], "bad-field"), ("ann_duration_ms", [-5000], "bad-field"),
-    ("ann_hover_count", ["x"], "bad-field"), ("trace_t", ["soon", 3], "bad-field"),
-    ("label", 2**40, "bad-field"), ("key", 17, "bad-field"),
-    ("image", "../../secret.jpg", "unsafe-path"), ("image", "/etc/passwd", "unsafe-path"),
-])  # fmt: skip
+
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [
+        ("width", 3_000_000_000, "bad-field"),
+        ("width", -5, "bad-field"),
+        ("ann_page", [70000], "bad-field"),
+        ("ann_duration_ms", [-5000], "bad-field"),
+        ("ann_hover_count", ["x"], "bad-field"),
+        ("trace_t", ["soon", 3], "bad-field"),
+        ("label", 2**40, "bad-field"),
+        ("key", 17, "bad-field"),
+        ("image", "../../secret.jpg", "unsafe-path"),
+        ("image", "/etc/passwd", "unsafe-path"),
+    ],
+)
 def test_interchange_values_out_of_range(tmp_path, column, value, reason):
     from luab_data.sources.interchange import header
 
@@ -283,17 +356,18 @@ def test_parquet_rows_with_unsafe_image_paths_are_rejected(tmp_path):
     table, _ = read_records(write_json(tmp_path / "c.json", coco_records()[:2]))
     images = table.column("image").to_pylist()
     images[0] = "train2014/../../../etc/passwd"
-    table = table.set_column(table.schema.get_field_index("image"), "image",
-                             pa.array(images, pa.string()))  # fmt: skip
+    table = table.set_column(
+        table.schema.get_field_index("image"), "image", pa.array(images, pa.string())
+    )
     (tmp_path / "out").mkdir()
     pq.write_table(table, tmp_path / "out" / "part-0.parquet")
     kept, rejects = read_records(tmp_path / "out")
     assert kept.column("key").to_pylist() == ["25"]
-    assert [(r.key, r.reason, r.where) for r in rejects] == [
-        ("9", "unsafe-path", "part-0.parquet")]
+    assert [(r.key, r.reason, r.where) for r in rejects] == [("9", "unsafe-path", "part-0.parquet")]
 
 
 # ---------------------------------------------------------------- unsafe names
+
 
 class OpenedFiles:
     """Every file opened by this process while active (an audit hook: nothing is mocked)."""
@@ -316,8 +390,13 @@ class OpenedFiles:
 sys.addaudithook(OpenedFiles.hook)
 
 
-def _tar_entry(tar: tarfile.TarFile, name: str, data: bytes = b"", link: str | None = None,
-               kind: bytes = tarfile.REGTYPE) -> None:  # fmt: skip
+def _tar_entry(
+    tar: tarfile.TarFile,
+    name: str,
+    data: bytes = b"",
+    link: str | None = None,
+    kind: bytes = tarfile.REGTYPE,
+) -> None:
     info = tarfile.TarInfo(name)
     info.type = kind
     if link is not None:
@@ -340,9 +419,11 @@ UNSAFE = [
     "train_xml\\n01440764\\evil_6.xml",
     "../train_xml/n01440764/._n01440764_1.xml",  # junk by name, but it climbs out: unsafe
 ]
-LINKS = {"train_xml/n01440764/evil_sym.xml": (tarfile.SYMTYPE, "/etc/passwd"),
-         "train_xml/n01440764/evil_hard.xml": (tarfile.LNKTYPE, "train_xml/n01440764/x.xml"),
-         "train_xml/n01440764/evil_fifo.xml": (tarfile.FIFOTYPE, None)}  # fmt: skip
+LINKS = {
+    "train_xml/n01440764/evil_sym.xml": (tarfile.SYMTYPE, "/etc/passwd"),
+    "train_xml/n01440764/evil_hard.xml": (tarfile.LNKTYPE, "train_xml/n01440764/x.xml"),
+    "train_xml/n01440764/evil_fifo.xml": (tarfile.FIFOTYPE, None),
+}
 
 
 def _hostile_tar(path: Path) -> Path:
@@ -358,12 +439,19 @@ def _hostile_tar(path: Path) -> Path:
 
 
 def _images(root: Path) -> Path:
-    for wnid, stem in (("n01440764", "n01440764_1"), ("n01440764", "n01440764_2"),
-                       ("n01530575", "n01530575_3"), ("n02000000", "n02000000_7")):  # fmt: skip
+    for wnid, stem in (
+        ("n01440764", "n01440764_1"),
+        ("n01440764", "n01440764_2"),
+        ("n01530575", "n01530575_3"),
+        ("n02000000", "n02000000_7"),
+    ):
         (root / "train" / wnid).mkdir(parents=True, exist_ok=True)
         (root / "train" / wnid / f"{stem}.JPEG").write_bytes(b"\xff\xd8" + stem.encode())
-    for secret in (root / "secret.JPEG", root.parent / "secret.JPEG",
-                   root.parent / "etc" / "evil_1.JPEG"):  # fmt: skip
+    for secret in (
+        root / "secret.JPEG",
+        root.parent / "secret.JPEG",
+        root.parent / "etc" / "evil_1.JPEG",
+    ):
         secret.parent.mkdir(exist_ok=True)
         secret.write_bytes(b"SECRET")
     return root
@@ -377,7 +465,8 @@ def test_unsafe_member_names_are_rejected_and_never_opened(tmp_path):
         table, rejects = read_records(tar, images=images, with_jpeg=True)
     expected = UNSAFE + list(LINKS)
     assert [(r.key, r.reason, r.where) for r in rejects] == [
-        (n, "unsafe-path", n) for n in expected]
+        (n, "unsafe-path", n) for n in expected
+    ]
     assert table.column("key").to_pylist() == GOOD_IMAGENET
     # no class from a hostile name, so no label shifts
     assert table.column("label").to_pylist() == clean.column("label").to_pylist()
@@ -386,13 +475,13 @@ def test_unsafe_member_names_are_rejected_and_never_opened(tmp_path):
     inside = str((images / "train").resolve()) + os.sep
     assert ours and all(p == str(tar.resolve()) or p.startswith(inside) for p in ours), ours
     paths = table.column("image").to_pylist()
-    assert all((images / p).resolve().is_relative_to((images / "train").resolve())
-               for p in paths)  # fmt: skip
+    assert all((images / p).resolve().is_relative_to((images / "train").resolve()) for p in paths)
 
 
 def test_unsafe_members_make_no_classes(tmp_path):
     assert open_source(_hostile_tar(tmp_path / "evil.tar")).metadata()["classes"] == (
-        IMAGENET_WNIDS)
+        IMAGENET_WNIDS
+    )
 
 
 def test_unsafe_members_are_reported_by_shard_zero_only(tmp_path):
@@ -419,7 +508,10 @@ def test_folder_links_and_foreign_folders_are_rejected(tmp_path):
         table, rejects = read_records(tmp_path / "x")
     assert table.column("key").to_pylist() == GOOD_IMAGENET
     assert sorted(Path(r.where).relative_to(root).as_posix() for r in rejects) == [
-        "etc/evil.xml", "n01440764/n01440764_5.xml", "n09999999"]
+        "etc/evil.xml",
+        "n01440764/n01440764_5.xml",
+        "n09999999",
+    ]
     assert {r.reason for r in rejects} == {"unsafe-path"}
     assert not [p for p in opened if p.startswith(str(outside.resolve()))]
     assert open_source(tmp_path / "x").metadata()["classes"] == IMAGENET_WNIDS
@@ -430,10 +522,11 @@ def test_coco_image_paths_come_from_the_integer_id_only(tmp_path):
     (images / "train2014").mkdir(parents=True)
     (images / "train2014" / "COCO_train2014_000000000009.jpg").write_bytes(b"nine")
     (tmp_path / "secret.jpg").write_bytes(b"SECRET")
-    records = coco_records()[:1] + [coco_record('../secret'), coco_record(-9)]
+    records = coco_records()[:1] + [coco_record("../secret"), coco_record(-9)]
     with OpenedFiles() as opened:
-        table, rejects = read_records(write_json(tmp_path / "c.json", records), images=images,
-                                      with_jpeg=True)  # fmt: skip
+        table, rejects = read_records(
+            write_json(tmp_path / "c.json", records), images=images, with_jpeg=True
+        )
     assert table.column("jpeg").to_pylist() == [b"nine"]
     assert sorted(r.reason for r in rejects) == ["bad-field", "bad-field"]
     ours = [p for p in opened if p.startswith(str(tmp_path.resolve()))]
@@ -441,6 +534,7 @@ def test_coco_image_paths_come_from_the_integer_id_only(tmp_path):
 
 
 # ---------------------------------------------------------------- tar headers and faults
+
 
 def _member_offsets(path: Path) -> list[tuple[str, int]]:
     with tarfile.open(path) as tar:
@@ -456,7 +550,8 @@ def test_corrupt_header_names_member_and_offset(tmp_path, field, span):
     data = bytearray(gzip.decompress(tar.read_bytes()))
     name, offset = _member_offsets(tar)[3]
     data[offset + span[0] : offset + span[1]] = b"y>0.1562"[: span[1] - span[0]].ljust(
-        span[1] - span[0], b"!")  # fmt: skip
+        span[1] - span[0], b"!"
+    )
     for path, raw in ((plain, bytes(data)), (tar, gzip.compress(bytes(data)))):
         path.write_bytes(raw)
         with pytest.raises(SourceError) as err:
@@ -489,8 +584,13 @@ def test_oversized_member_is_rejected_unread(tmp_path, monkeypatch):
 @pytest.mark.parametrize("compressed", [True, False])
 def test_flipped_bytes_end_in_rejects_or_one_clear_error(tmp_path, compressed):
     """64 flipped bytes anywhere: records and rejects, or a SourceError that says where."""
-    many = [(f"train_xml/n01440764/n01440764_{i}.xml",
-             bare_xml("n01440764", f"n01440764_{i}", [_meta()])) for i in range(60)]  # fmt: skip
+    many = [
+        (
+            f"train_xml/n01440764/n01440764_{i}.xml",
+            bare_xml("n01440764", f"n01440764_{i}", [_meta()]),
+        )
+        for i in range(60)
+    ]
     tar = write_tar(tmp_path / "a.tar.gz", many)
     raw = tar.read_bytes()
     if not compressed:
@@ -514,8 +614,9 @@ def test_flipped_bytes_end_in_rejects_or_one_clear_error(tmp_path, compressed):
 
 
 def test_coco_flipped_bytes_end_in_rejects_or_one_clear_error(tmp_path):
-    text = json.dumps([coco_record(i, trace=[(j, 0.5, 0.5) for j in range(5)])
-                       for i in range(1, 60)]).encode()  # fmt: skip
+    text = json.dumps(
+        [coco_record(i, trace=[(j, 0.5, 0.5) for j in range(5)]) for i in range(1, 60)]
+    ).encode()
     rng = np.random.default_rng(11)
     for trial in range(25):
         data = bytearray(text)
@@ -532,8 +633,10 @@ def test_coco_flipped_bytes_end_in_rejects_or_one_clear_error(tmp_path):
 
 # ---------------------------------------------------------------- JSON list framing
 
-@pytest.mark.parametrize("lead", [b"\xef\xbb\xbf", b" " * 5000, b"\n\t " * 30000,
-                                  b"\xef\xbb\xbf" + b" \r\n" * 40000])  # fmt: skip
+
+@pytest.mark.parametrize(
+    "lead", [b"\xef\xbb\xbf", b" " * 5000, b"\n\t " * 30000, b"\xef\xbb\xbf" + b" \r\n" * 40000]
+)
 def test_coco_bom_and_any_leading_whitespace(tmp_path, lead):
     path = tmp_path / "c.json"
     path.write_bytes(lead + json.dumps(coco_records()[:2]).encode())
@@ -543,8 +646,10 @@ def test_coco_bom_and_any_leading_whitespace(tmp_path, lead):
 
 def test_coco_trailing_comma_and_trailing_content_are_rejected(tmp_path):
     text = json.dumps(coco_records()[:2])
-    for name, raw, what in (("comma.json", text[:-1] + " ,\n]", "',' before the closing ']'"),
-                            ("two.json", text + "\n" + text, "content after")):  # fmt: skip
+    for name, raw, what in (
+        ("comma.json", text[:-1] + " ,\n]", "',' before the closing ']'"),
+        ("two.json", text + "\n" + text, "content after"),
+    ):
         path = tmp_path / name
         path.write_text(raw)
         table, rejects = read_records(path)
@@ -564,36 +669,46 @@ def test_coco_empty_list_and_no_list(tmp_path):
 
 # ---------------------------------------------------------------- XML well-formedness
 
-LOL = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
-       '<!ENTITY lol2 "&lol;&lol;&lol;">]>')  # fmt: skip
+LOL = '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]>'
 
 
-@pytest.mark.parametrize(("doc", "what"), [
-    (bare_xml("n01440764", "bad", [_meta()]).replace("annotation>", "annotations>"),
-     "root element"),
-    (bare_xml("n01440764", "bad", [_meta(worker="AB\0CD")]), "NUL byte"),
-    (bare_xml("n01440764", "bad", [_meta()]).replace("<folder>", "<folder a='\0'>"), "NUL"),
-    (bare_xml("n01440764", "bad", [_meta()]).replace("<folder>", "<!-- \0 --><folder>"), "NUL"),
-    (bare_xml("n01440764", "bad", [_meta()]).replace("<folder>", "<folder>&lol3;"),
-     "entity reference"),
-    (LOL + bare_xml("n01440764", "bad", [_meta()]), "DOCTYPE"),  # billion laughs
-    (bare_xml("n01440764", "bad", [_meta()]).replace("<folder>", "<folder><![CDATA[x]]>"),
-     "CDATA"),
-    (bare_xml("n01440764", "bad", [_meta()]).replace("<folder>", "<folder>& "), "entity"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("doc", "what"),
+    [
+        (
+            bare_xml("n01440764", "bad", [_meta()]).replace("annotation>", "annotations>"),
+            "root element",
+        ),
+        (bare_xml("n01440764", "bad", [_meta(worker="AB\0CD")]), "NUL byte"),
+        (bare_xml("n01440764", "bad", [_meta()]).replace("<folder>", "<folder a='\0'>"), "NUL"),
+        (bare_xml("n01440764", "bad", [_meta()]).replace("<folder>", "<!-- \0 --><folder>"), "NUL"),
+        (
+            bare_xml("n01440764", "bad", [_meta()]).replace("<folder>", "<folder>&lol3;"),
+            "entity reference",
+        ),
+        (LOL + bare_xml("n01440764", "bad", [_meta()]), "DOCTYPE"),  # billion laughs
+        (
+            bare_xml("n01440764", "bad", [_meta()]).replace("<folder>", "<folder><![CDATA[x]]>"),
+            "CDATA",
+        ),
+        (bare_xml("n01440764", "bad", [_meta()]).replace("<folder>", "<folder>& "), "entity"),
+    ],
+)
 def test_xml_well_formedness(tmp_path, doc, what):
     members = imagenet_members()
     members.insert(1, ("train_xml/n01440764/bad.xml", doc))
     table, rejects = read_records(write_tar(tmp_path / "a.tar.gz", members))
     assert [(r.key, r.reason, r.where) for r in rejects] == [
-        ("bad", "malformed-xml", "train_xml/n01440764/bad.xml")]
+        ("bad", "malformed-xml", "train_xml/n01440764/bad.xml")
+    ]
     assert what in rejects[0].detail, rejects[0].detail
     assert table.column("key").to_pylist() == GOOD_IMAGENET
 
 
 def test_xml_predefined_entities_and_comments_are_fine(tmp_path):
     doc = bare_xml("n01440764", "ok", [_meta()]).replace(
-        "<folder>", "<!-- a & b --><folder>&amp;&lt;&#65;&#x41;")  # fmt: skip
+        "<folder>", "<!-- a & b --><folder>&amp;&lt;&#65;&#x41;"
+    )
     members = [("train_xml/n01440764/ok.xml", doc)]
     table, rejects = read_records(write_tar(tmp_path / "a.tar.gz", members))
     assert rejects == [] and table.column("key").to_pylist() == ["ok"]

@@ -27,8 +27,16 @@ def test_fact_list_is_the_ilsvrc2012_class_list():
     assert list(wnids) == sorted(wnids)
     assert set(WNIDS) <= set(wnids)  # the bundled sample's classes are ImageNet-1k classes
     # well-known indices of the official loaders (torchvision ImageFolder over train/)
-    known = {0: "n01440764", 1: "n01443537", 207: "n02099601", 281: "n02123045",
-             474: "n02963159", 610: "n03595614", 841: "n04370456", 999: "n15075141"}  # fmt: skip
+    known = {
+        0: "n01440764",
+        1: "n01443537",
+        207: "n02099601",
+        281: "n02123045",
+        474: "n02963159",
+        610: "n03595614",
+        841: "n04370456",
+        999: "n15075141",
+    }
     assert {i: wnids[i] for i in known} == known
 
 
@@ -49,14 +57,18 @@ def _subset(src: Path, out: Path, keep) -> Path:
 
 
 def _labels(table) -> dict[str, int]:
-    return dict(zip(table.column("key").to_pylist(), table.column("label").to_pylist(),
-                    strict=True))  # fmt: skip
+    return dict(
+        zip(table.column("key").to_pylist(), table.column("label").to_pylist(), strict=True)
+    )
 
 
 def test_partial_source_and_shards_number_classes_like_the_full_release(sample_tar, tmp_path):
     three = sorted(WNIDS)[3:6]
-    part = _subset(sample_tar, tmp_path / "part.tar.gz",
-                   lambda n: n.count("/") == 2 and n.split("/")[1] in three)
+    part = _subset(
+        sample_tar,
+        tmp_path / "part.tar.gz",
+        lambda n: n.count("/") == 2 and n.split("/")[1] in three,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", ClassListWarning)  # no fallback for ImageNet-1k wnids
         full, _ = read_records(sample_tar)
@@ -65,9 +77,12 @@ def test_partial_source_and_shards_number_classes_like_the_full_release(sample_t
     assert set(partial.column("wnid").to_pylist()) == set(three)
     whole = _labels(full)
     assert _labels(partial) == {k: whole[k] for k in _labels(partial)}
-    assert all(whole[k] == imagenet_1k().index(w)  # the fact list's index
-               for k, w in zip(full.column("key").to_pylist(), full.column("wnid").to_pylist(),
-                               strict=True))  # fmt: skip
+    assert all(
+        whole[k] == imagenet_1k().index(w)  # the fact list's index
+        for k, w in zip(
+            full.column("key").to_pylist(), full.column("wnid").to_pylist(), strict=True
+        )
+    )
     assert all(whole[k] == v for b in shard for k, v in _labels(b).items())
     assert open_source(part).metadata()["classes"] == list(imagenet_1k())
     with tarfile.open(part) as tar:  # the extracted folder: the same labels
@@ -82,7 +97,8 @@ def test_a_non_imagenet_wnid_falls_back_to_the_sources_wnids_with_a_warning(tmp_
         table, _ = read_records(tar)
     assert table.column("label").to_pylist() == [0, 0, 1, 2]
     assert open_source(tar, classes=list(imagenet_1k())).metadata()["classes"] == list(
-        imagenet_1k())  # --classes overrides, and then n02000000 is unknown
+        imagenet_1k()
+    )  # --classes overrides, and then n02000000 is unknown
     with tarfile.open(tar) as t:
         t.extractall(tmp_path / "x", filter="data")
     with pytest.warns(ClassListWarning, match="n02000000"):
@@ -93,19 +109,25 @@ def test_a_foreign_wnid_after_the_first_block_is_an_unknown_class(tmp_path, monk
     monkeypatch.setattr(tar_stream, "TARGET_MEMBERS", 2)  # the choice sees 2 members only
     members = [m for m in imagenet_members() if "n02000000" not in m[0]]
     block = metadata_xml(image_id="n00000001/n00000001_9", selected=True)
-    members.append(("train_xml/n00000001/n00000001_9.xml",
-                    bare_xml("n00000001", "n00000001_9", [block])))
+    members.append(
+        ("train_xml/n00000001/n00000001_9.xml", bare_xml("n00000001", "n00000001_9", [block]))
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", ClassListWarning)
         table, rejects = read_records(write_tar(tmp_path / "a.tar", members))
     assert table.num_rows == 3
     assert [(r.key, r.reason) for r in rejects] == [("n00000001_9", "unknown-class")]
     assert "not an ImageNet-1k class" in rejects[0].detail and "first 2 members" in (
-        rejects[0].detail)
+        rejects[0].detail
+    )
 
 
-def _entry(tar: tarfile.TarFile, name: str, data: bytes = b"\x00\x05\x16\x07junk",
-           kind: bytes = tarfile.REGTYPE) -> None:  # fmt: skip
+def _entry(
+    tar: tarfile.TarFile,
+    name: str,
+    data: bytes = b"\x00\x05\x16\x07junk",
+    kind: bytes = tarfile.REGTYPE,
+) -> None:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.size = len(data) if kind == tarfile.REGTYPE else 0
@@ -127,8 +149,10 @@ def test_appledouble_and_ds_store_are_skipped_and_counted(tmp_path):
         _entry(tar, "train_xml/../._n01440764_1.xml")  # climbs out: unsafe
     source = open_source(path, classes=IMAGENET_WNIDS)
     rejects = [r for _, bad in source.batches() for r in bad]
-    assert sorted(r.where for r in rejects) == ["train_xml/../._n01440764_1.xml",
-                                                "train_xml/n01440764/._evil.xml"]
+    assert sorted(r.where for r in rejects) == [
+        "train_xml/../._n01440764_1.xml",
+        "train_xml/n01440764/._evil.xml",
+    ]
     assert {r.reason for r in rejects} == {"unsafe-path"}
     double = 1 + len(imagenet_members())
     assert source.skipped == {"AppleDouble (._*) files": double, ".DS_Store-like files": 1}

@@ -80,9 +80,10 @@ def image_copy(root: Path, tmp_path: Path, kind: str = "imagenet-ab") -> Path:
 # ---------------------------------------------------------------- headers
 
 
-@pytest.mark.parametrize("ext,params", [(".jpg", ()), (".png", ()),
-                                        (".jpg", (cv2.IMWRITE_JPEG_PROGRESSIVE, 1)),
-                                        (".bmp", ())])  # fmt: skip
+@pytest.mark.parametrize(
+    "ext,params",
+    [(".jpg", ()), (".png", ()), (".jpg", (cv2.IMWRITE_JPEG_PROGRESSIVE, 1)), (".bmp", ())],
+)
 def test_declared_size_is_read_from_the_header(ext, params):
     for width, height in ((37, 23), (640, 480)):
         assert declared_size(encode(width, height, ext, params)) == (width, height)
@@ -101,8 +102,14 @@ def test_a_bomb_declares_its_size_and_is_refused_before_decoding():
     assert "900 M pixels" in problem and "--max-pixels" in problem
 
 
-NOT_IMAGES = [b"", b"\xff\xd8", b"\xff\xd8\xff\xe0\x00\x10JFIF", b"GIF89a",
-              b"not an image at all", b"\x89PNG\r\n\x1a\n\x00\x00"]  # fmt: skip
+NOT_IMAGES = [
+    b"",
+    b"\xff\xd8",
+    b"\xff\xd8\xff\xe0\x00\x10JFIF",
+    b"GIF89a",
+    b"not an image at all",
+    b"\x89PNG\r\n\x1a\n\x00\x00",
+]
 
 
 @pytest.mark.parametrize("data", NOT_IMAGES)
@@ -133,8 +140,9 @@ def test_a_bomb_and_an_image_at_twice_the_size_are_rejected_with_their_path(root
     doubled(folder / paths[5])
     src = source_path(root, "imagenet-ab")
     out = tmp_path / "b.beton"
-    summary = build_beton(open_source(src, images=folder), out, options=OPTIONS, workers=2,
-                          show_progress=False)  # fmt: skip
+    summary = build_beton(
+        open_source(src, images=folder), out, options=OPTIONS, workers=2, show_progress=False
+    )
     rejects = {r["key"]: r for r in map(json.loads, rejects_path(out).read_text().splitlines())}
     assert set(rejects) == {keys[2], keys[5]} and dict(summary.rejects) == {"bad-image": 2}
     assert {r["reason"] for r in rejects.values()} == {"bad-image"}
@@ -168,18 +176,28 @@ def test_records_whose_images_are_all_refused_fail_the_build(root, tmp_path):
         doubled(folder / rel)
     records = tmp_path / "records.jsonl"
     with open(records, "w") as f:
-        write_interchange(iter([table]), open_source(source_path(root, "imagenet-ab")).metadata(),
-                          f)  # fmt: skip
+        write_interchange(
+            iter([table]), open_source(source_path(root, "imagenet-ab")).metadata(), f
+        )
     out = tmp_path / "all.beton"
     with pytest.raises(NothingKept) as caught:
-        build_beton(open_source(records), out, images=folder, options=OPTIONS, workers=2,
-                    show_progress=False)  # fmt: skip
+        build_beton(
+            open_source(records),
+            out,
+            images=folder,
+            options=OPTIONS,
+            workers=2,
+            show_progress=False,
+        )
     message = str(caught.value)
     assert "bad-image       8" in message and "hint:" in message and "--size-tolerance" in message
     assert len(rejects_path(out).read_text().splitlines()) == 8
     assert not out.exists() and not manifest_path(out).exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.beton.rejects.jsonl", "images",
-                                                          "records.jsonl"]  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "all.beton.rejects.jsonl",
+        "images",
+        "records.jsonl",
+    ]
 
 
 def _peak_rss(proc: subprocess.Popen) -> int:
@@ -209,10 +227,25 @@ def test_the_build_memory_does_not_follow_what_a_header_declares(root, tmp_path)
         (folder / rel).write_bytes(bomb((folder / rel).read_bytes()))
     out = tmp_path / "m.beton"
     code = "from luab_data.cli import main; main()"
-    args = ["build", "--src", source_path(root, "imagenet-ab"), "--images", folder, "--out", out,
-            "--map-size", "8", "--workers", "1", "--quiet"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    args = [
+        "build",
+        "--src",
+        source_path(root, "imagenet-ab"),
+        "--images",
+        folder,
+        "--out",
+        out,
+        "--map-size",
+        "8",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     peak: list[int] = []
     watcher = threading.Thread(target=lambda: peak.append(_peak_rss(proc)))
     watcher.start()
@@ -245,9 +278,22 @@ def test_images_may_be_the_folder_holding_train_or_train_itself(root, tmp_path, 
 def test_a_beton_build_from_the_train_folder_itself(root, tmp_path):
     src, folder = source_path(root, "imagenet-ab"), sample_dir(root, "imagenet-ab")
     out = tmp_path / "t.beton"
-    result = run("build", "--src", src, "--images", folder / "train", "--out", out,
-                 "--map-size", "16x24", "--trace-points", "8", "--max-resolution", "128",
-                 "--quiet")  # fmt: skip
+    result = run(
+        "build",
+        "--src",
+        src,
+        "--images",
+        folder / "train",
+        "--out",
+        out,
+        "--map-size",
+        "16x24",
+        "--trace-points",
+        "8",
+        "--max-resolution",
+        "128",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     assert "the train/ folder itself" in result.output
     assert read_manifest(out)["keys"] == read_manifest(built(root, "imagenet-ab"))["keys"]
@@ -270,9 +316,14 @@ def test_a_build_that_keeps_nothing_fails_and_keeps_its_rejects(root, tmp_path, 
     if fmt == "beton":
         rejects, leftovers = rejects_path(out), [out, manifest_path(out)]
     else:
-        rejects, leftovers = out / "__luab__/rejects-00000-of-00001.jsonl", [
-            out / "__luab__/manifest-00000-of-00001.json", *out.glob("*.parquet"),
-            *out.glob(".tmp*")]
+        rejects, leftovers = (
+            out / "__luab__/rejects-00000-of-00001.jsonl",
+            [
+                out / "__luab__/manifest-00000-of-00001.json",
+                *out.glob("*.parquet"),
+                *out.glob(".tmp*"),
+            ],
+        )
     assert len(rejects.read_text().splitlines()) == n
     assert str(rejects) in result.output
     assert not [p for p in leftovers if p.exists()]

@@ -13,10 +13,16 @@ from typing import NamedTuple
 PACKAGE = Path(__file__).resolve().parents[1] / "luab_data"
 # what builds, writes, loads or runs commands: the format must not depend on any of it
 ABOVE_THE_FORMAT = (
-    "luab_data.loaders", "luab_data.writers", "luab_data.build", "luab_data.ingest",
-    "luab_data.cli", "luab_data.verify", "luab_data.show", "luab_data.bench",
+    "luab_data.loaders",
+    "luab_data.writers",
+    "luab_data.build",
+    "luab_data.ingest",
+    "luab_data.cli",
+    "luab_data.verify",
+    "luab_data.show",
+    "luab_data.bench",
     "luab_data.recipes",
-)  # fmt: skip
+)
 
 
 class Import(NamedTuple):
@@ -49,8 +55,9 @@ def imports_of(name: str, path: Path) -> Iterator[Import]:
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = _base(node, name, path)
-            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base
-                       for a in node.names]  # fmt: skip
+            targets = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names
+            ]
         else:
             continue
         for target in targets:
@@ -66,9 +73,13 @@ def within(name: str, prefix: str) -> bool:
 
 
 def offending(sources: str, forbidden: tuple[str, ...]) -> list[str]:
-    return [f"{i.where}: {i.source} imports {i.target}"
-            for name, found in GRAPH.items() if within(name, sources)
-            for i in found if any(within(i.target, f) for f in forbidden)]  # fmt: skip
+    return [
+        f"{i.where}: {i.source} imports {i.target}"
+        for name, found in GRAPH.items()
+        if within(name, sources)
+        for i in found
+        if any(within(i.target, f) for f in forbidden)
+    ]
 
 
 def test_the_graph_is_read():
@@ -83,14 +94,18 @@ def test_the_format_imports_nothing_above_it():
 
 
 def test_loaders_do_not_import_writers_or_builds():
-    assert offending("luab_data.loaders", ("luab_data.writers", "luab_data.build",
-                                           "luab_data.cli")) == []  # fmt: skip
+    assert (
+        offending("luab_data.loaders", ("luab_data.writers", "luab_data.build", "luab_data.cli"))
+        == []
+    )
 
 
 def test_writers_do_not_import_the_builds_or_loaders():
     """The Parquet build (build.py) and the CLI drive the writers, not the other way round."""
-    assert offending("luab_data.writers", ("luab_data.build", "luab_data.cli",
-                                           "luab_data.loaders")) == []  # fmt: skip
+    assert (
+        offending("luab_data.writers", ("luab_data.build", "luab_data.cli", "luab_data.loaders"))
+        == []
+    )
 
 
 def _cycle_from(start: str) -> list[str] | None:
@@ -118,10 +133,15 @@ def test_no_import_cycles():
 
 def test_a_planted_cycle_is_found():
     saved = GRAPH["luab_data.beton.paths"]
-    GRAPH["luab_data.beton.paths"] = [*saved, Import("luab_data.beton.paths",
-                                                     "luab_data.beton.manifest", "planted")]
+    GRAPH["luab_data.beton.paths"] = [
+        *saved,
+        Import("luab_data.beton.paths", "luab_data.beton.manifest", "planted"),
+    ]
     try:
         assert _cycle_from("luab_data.beton.paths") == [
-            "luab_data.beton.paths", "luab_data.beton.manifest", "luab_data.beton.paths"]
+            "luab_data.beton.paths",
+            "luab_data.beton.manifest",
+            "luab_data.beton.paths",
+        ]
     finally:
         GRAPH["luab_data.beton.paths"] = saved

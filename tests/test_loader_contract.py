@@ -53,8 +53,10 @@ def _trace(kind: str, path: Path, epoch: int, **knobs) -> list[tuple[np.ndarray,
     try:
         loader.set_epoch(epoch)
         assert loader.epoch == epoch
-        out = [(b.indices.numpy().copy(), b.boxes.numpy().copy(), b.flips.numpy().copy())
-               for b in loader]  # fmt: skip
+        out = [
+            (b.indices.numpy().copy(), b.boxes.numpy().copy(), b.flips.numpy().copy())
+            for b in loader
+        ]
         assert len(out) == len(loader) and loader.epoch == epoch + 1
         return out
     finally:
@@ -132,16 +134,22 @@ def test_settings_normalise_and_validate():
     assert s.image_size == (32, 32) and s.map_size == (6, 8) and s.crop.scale == (0.2, 1.0)
     assert s.shuffle is False and s.drop_last is False and (s.rank, s.world_size) == (0, 1)
     assert s.crop == CropSettings(train=False, scale=(0.2, 1.0))
-    for bad in ({"batch_size": 0}, {"batch_size": 4, "rank": 2, "world_size": 2},
-                {"batch_size": 4, "flip_p": 1.5}, {"batch_size": 4, "scale": (0.9, 0.1)},
-                {"batch_size": 4, "image_size": (3, 4, 5)}):  # fmt: skip
+    for bad in (
+        {"batch_size": 0},
+        {"batch_size": 4, "rank": 2, "world_size": 2},
+        {"batch_size": 4, "flip_p": 1.5},
+        {"batch_size": 4, "scale": (0.9, 0.1)},
+        {"batch_size": 4, "image_size": (3, 4, 5)},
+    ):
         with pytest.raises(ValueError):
             LoaderSettings(**bad)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize(("typo", "hint"), [("num_workers", "workers"), ("sed", "seed"),
-                                            ("device_id", "device"), ("shard_id", "rank")])
+@pytest.mark.parametrize(
+    ("typo", "hint"),
+    [("num_workers", "workers"), ("sed", "seed"), ("device_id", "device"), ("shard_id", "rank")],
+)
 def test_unknown_arguments_are_refused(kind, typo, hint, tmp_path):
     """Before any file is opened (the path does not exist): a TypeError naming the knob."""
     if kind == "dali":
@@ -218,9 +226,13 @@ def test_reference_loader_runs_without_ffcv(root, tmp_path):
     source = open_source(source_path(root, kind))
     records = tmp_path / "records"
     build_parquet(source, records, show_progress=False)
-    run = subprocess.run([sys.executable, "-c", _WITHOUT_FFCV, str(records),
-                          str(sample_dir(root, kind))], capture_output=True, text=True,
-                         timeout=240, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_FFCV, str(records), str(sample_dir(root, kind))],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split()[0] == "ok" and int(run.stdout.split()[1]) >= 8
 
@@ -228,8 +240,16 @@ def test_reference_loader_runs_without_ffcv(root, tmp_path):
 def test_batch_is_a_named_tuple_of_tensors():
     from luab_data.loaders.contract import Batch
 
-    assert Batch._fields == ("images", "labels", "boxes", "flips", "maps", "points",
-                             "point_weights", "indices")  # fmt: skip
+    assert Batch._fields == (
+        "images",
+        "labels",
+        "boxes",
+        "flips",
+        "maps",
+        "points",
+        "point_weights",
+        "indices",
+    )
     t = torch.zeros(1)
     assert Batch(t, t, t, t, None, None, None, t).maps is None
 
@@ -247,10 +267,35 @@ def test_trainer_takes_every_loader(root, tmp_path):
         if kind == "dali" and not _has_dali():
             continue
         out = tmp_path / kind
-        ft.main(["--train", str(path), "--loader", kind, "--label-field", "labels",
-                 "--model", "resnet_small", "--batch-size", "16", "--min-res", "32",
-                 "--max-res", "32", "--epochs", "1", "--workers", "0", "--mu", "1",
-                 "--log-every", "1", "--quiet", "--out", str(out)])  # fmt: skip
+        ft.main(
+            [
+                "--train",
+                str(path),
+                "--loader",
+                kind,
+                "--label-field",
+                "labels",
+                "--model",
+                "resnet_small",
+                "--batch-size",
+                "16",
+                "--min-res",
+                "32",
+                "--max-res",
+                "32",
+                "--epochs",
+                "1",
+                "--workers",
+                "0",
+                "--mu",
+                "1",
+                "--log-every",
+                "1",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         losses = [r["loss"] for r in records if r["event"] == "train"]
         assert losses and all(np.isfinite(losses)), kind

@@ -71,8 +71,17 @@ def test_merged_shards_equal_a_single_build_sample_for_sample(root, single, shar
     sums = [json.loads(manifest_path(s).read_text())["checksums"]["sha256"] for s in shards]
     assert [m["sha256"] for m in manifest["merged_from"]] == sums
     assert manifest["build"]["shard"] == [0, 1] and manifest["counts"]["samples"] == len(merged)
-    check = CliRunner().invoke(main, ["verify", str(out), "--src", str(source_path(root, KIND)),
-                                      "--images", str(sample_dir(root, KIND))])  # fmt: skip
+    check = CliRunner().invoke(
+        main,
+        [
+            "verify",
+            str(out),
+            "--src",
+            str(source_path(root, KIND)),
+            "--images",
+            str(sample_dir(root, KIND)),
+        ],
+    )
     assert check.exit_code == 0, check.output
 
 
@@ -91,8 +100,12 @@ def test_refusals_name_the_shard_and_the_difference(root, shards, tmp_path):
     shutil.copy(shards[0], again)
     shutil.copy(manifest_path(shards[0]), manifest_path(again))
     assert "shard 0/3 given twice" in _refusal(out, *shards, again)
-    other = _build(root, tmp_path / "other" / "all.beton", (2, 3),
-                   options=OPTIONS.__class__(**{**OPTIONS.__dict__, "trace_points": 4}))
+    other = _build(
+        root,
+        tmp_path / "other" / "all.beton",
+        (2, 3),
+        options=OPTIONS.__class__(**{**OPTIONS.__dict__, "trace_points": 4}),
+    )
     message = _refusal(out, shards[0], shards[1], other)
     assert str(other) in message and "trace_points: 8 vs 4" in message
     lone = tmp_path / "lone"

@@ -35,8 +35,9 @@ print("HEAVY", heavy)
 
 
 def _run(cmd: list, cwd: Path, env: dict | None = None, timeout: int = 600) -> str:
-    done = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    done = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, f"{cmd}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -44,8 +45,11 @@ def _run(cmd: list, cwd: Path, env: dict | None = None, timeout: int = 600) -> s
 def _package_files() -> set[str]:
     """What a wheel must hold: every file of the package tree but caches."""
     skip = {".pyc", ".nbi", ".nbc"}
-    return {str(p.relative_to(ROOT)) for p in (ROOT / "luab_data").rglob("*")
-            if p.is_file() and p.suffix not in skip and "__pycache__" not in p.parts}  # fmt: skip
+    return {
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "luab_data").rglob("*")
+        if p.is_file() and p.suffix not in skip and "__pycache__" not in p.parts
+    }
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +60,22 @@ def wheel(tmp_path_factory) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi", "*.nbc")
     shutil.copytree(ROOT / "luab_data", src / "luab_data", ignore=ignore)
     dist = tmp_path_factory.mktemp("dist")
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-          "--no-index", "-w", dist, src], cwd=src)  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            dist,
+            src,
+        ],
+        cwd=src,
+    )
     (found,) = dist.glob("luab_data-*.whl")
     return found
 
@@ -67,10 +85,24 @@ def venv(wheel, tmp_path_factory) -> Path:
     env = tmp_path_factory.mktemp("venv") / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", env], cwd=env.parent)
     python = env / "bin" / "python"
-    _run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps",
-          "--no-index", wheel], cwd=env.parent)  # fmt: skip
-    site = _run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                cwd=env.parent).strip()  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            python,
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            wheel,
+        ],
+        cwd=env.parent,
+    )
+    site = _run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], cwd=env.parent
+    ).strip()
     ours = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
     Path(site, "project-deps.pth").write_text("\n".join(sorted(ours)) + "\n")
     return env
@@ -96,17 +128,33 @@ def test_wheel_holds_the_package_data_and_metadata(wheel):
 def test_installed_wheel_runs_the_commands_from_any_folder(venv, tmp_path):
     cli, work = venv / "bin" / "luab-data", tmp_path / "elsewhere"
     work.mkdir()
-    where = _run([venv / "bin" / "python", "-c", "import luab_data; print(luab_data.__file__)"],
-                 cwd=work)  # fmt: skip
+    where = _run(
+        [venv / "bin" / "python", "-c", "import luab_data; print(luab_data.__file__)"], cwd=work
+    )
     assert where.startswith(str(venv)), where  # the wheel's copy, not the checkout
     _run([cli, "sample", "--out", "s", "--size", "small", "--quiet"], cwd=work)
-    out = _run([cli, "build", "--src", "s/imagenet_ab_v1_0.tar.gz", "--images", "s",
-                "--out", "s.beton", "--recipe", "sample", "--quiet"], cwd=work)  # fmt: skip
+    out = _run(
+        [
+            cli,
+            "build",
+            "--src",
+            "s/imagenet_ab_v1_0.tar.gz",
+            "--images",
+            "s",
+            "--out",
+            "s.beton",
+            "--recipe",
+            "sample",
+            "--quiet",
+        ],
+        cwd=work,
+    )
     assert "records kept" in out and (work / "s.beton").stat().st_size > 0
     built = json.loads((work / "s.beton.json").read_text())["build"]
     assert built["raster"]["size"] == [32, 32]  # the sample recipe's maps, found in the wheel
-    bench = subprocess.run([cli, "bench", "--stages", "ingest"], cwd=work, capture_output=True,
-                           text=True, timeout=120)  # fmt: skip
+    bench = subprocess.run(
+        [cli, "bench", "--stages", "ingest"], cwd=work, capture_output=True, text=True, timeout=120
+    )
     assert bench.returncode != 0 and "source checkout" in bench.stderr, bench.stderr
     assert "Traceback" not in bench.stderr
 
@@ -117,12 +165,12 @@ def test_parquet_use_imports_neither_torch_nor_ffcv(tmp_path):
     from official_fixtures import imagenet_members, write_tar
 
     tar = write_tar(tmp_path / "imagenet_ab_v1_0.tar.gz", imagenet_members())
-    runs = [["build", "--src", str(tar), "--out", str(tmp_path / "pq"), "--quiet"],
-            ["inspect", str(tmp_path / "pq"), "--quiet"],
-            ["export", "--src", str(tmp_path / "pq"), "--out", str(tmp_path / "r.jsonl"),
-             "--quiet"]]  # fmt: skip
+    runs = [
+        ["build", "--src", str(tar), "--out", str(tmp_path / "pq"), "--quiet"],
+        ["inspect", str(tmp_path / "pq"), "--quiet"],
+        ["export", "--src", str(tmp_path / "pq"), "--out", str(tmp_path / "r.jsonl"), "--quiet"],
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = _run([sys.executable, "-c", CHECK_IMPORTS.format(runs=repr(runs))],
-               cwd=tmp_path, env=env)  # fmt: skip
+    out = _run([sys.executable, "-c", CHECK_IMPORTS.format(runs=repr(runs))], cwd=tmp_path, env=env)
     assert "HEAVY []" in out, out
     assert (tmp_path / "r.jsonl").stat().st_size > 0

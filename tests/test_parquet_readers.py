@@ -89,13 +89,19 @@ def _pyarrow_dataset(folder: Path) -> pa.Table:
 def _hf_datasets(folder: Path) -> pa.Table:
     from datasets import load_dataset
 
-    data = load_dataset("parquet", data_dir=str(folder), split="train",
-                        cache_dir=str(folder.parent / "hf-cache"))  # fmt: skip
+    data = load_dataset(
+        "parquet", data_dir=str(folder), split="train", cache_dir=str(folder.parent / "hf-cache")
+    )
     return data.data.table.select(COLUMNS)
 
 
-READERS = {"pandas": _pandas, "polars": _polars, "duckdb": _duckdb,
-           "pyarrow.dataset": _pyarrow_dataset, "datasets": _hf_datasets}  # fmt: skip
+READERS = {
+    "pandas": _pandas,
+    "polars": _polars,
+    "duckdb": _duckdb,
+    "pyarrow.dataset": _pyarrow_dataset,
+    "datasets": _hf_datasets,
+}
 
 
 @pytest.mark.timeout(600)

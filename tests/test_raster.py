@@ -29,7 +29,7 @@ CONFIGS = {
         n_classes=3,
         selected_only=True,
         size=(40, 56),
-    ),  # fmt: skip
+    ),
     "none-px-trace-first": RasterConfig(
         dtype="float32",
         norm="none",
@@ -38,7 +38,7 @@ CONFIGS = {
         channels=("trace", "click"),
         dwell=False,
         size=(32, 48),
-    ),  # fmt: skip
+    ),
     "uint8-trace-only-small": RasterConfig(channels=("trace",), sigma=0.01, size=(16, 24)),
 }
 
@@ -52,16 +52,24 @@ def random_record(rng: np.random.Generator, i: int) -> Record:
         return rng.uniform(-0.15, 1.15, n).astype(np.float32)
 
     return Record(
-        key=f"r{i}", source="imagenet-ab", image=f"r{i}.jpg",
-        width=int(rng.integers(40, 700)), height=int(rng.integers(40, 700)),
-        click_x=xy(nc), click_y=xy(nc), click_t=rng.integers(0, 10**6, nc),
+        key=f"r{i}",
+        source="imagenet-ab",
+        image=f"r{i}.jpg",
+        width=int(rng.integers(40, 700)),
+        height=int(rng.integers(40, 700)),
+        click_x=xy(nc),
+        click_y=xy(nc),
+        click_t=rng.integers(0, 10**6, nc),
         click_class=rng.integers(-1, 4, nc).astype(np.int32),
         click_ann=rng.integers(0, max(n_ann, 1), nc).astype(np.int16),
-        trace_x=xy(nt), trace_y=xy(nt), trace_t=np.cumsum(rng.integers(-5, 400, nt)),
+        trace_x=xy(nt),
+        trace_y=xy(nt),
+        trace_t=np.cumsum(rng.integers(-5, 400, nt)),
         trace_ann=np.sort(rng.integers(0, max(n_ann, 1), nt)).astype(np.int16),
         annotations=[Annotation("W", "T", bool(rng.integers(0, 2)), 100) for _ in range(n_ann)],
-        point_x=float(rng.uniform()) if i % 3 else None, point_y=float(rng.uniform()),
-    )  # fmt: skip
+        point_x=float(rng.uniform()) if i % 3 else None,
+        point_y=float(rng.uniform()),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +81,9 @@ def batch() -> pa.RecordBatch:
 def _torch_maps(batch, config, boxes=None):
     clicks = arrow.clicks_from_batch(batch, config.selected_only)
     width, height = arrow.sizes(batch)
-    maps, valid = rasterise_torch(clicks, arrow.trace_from_batch(batch), width, height, config,
-                                  boxes)  # fmt: skip
+    maps, valid = rasterise_torch(
+        clicks, arrow.trace_from_batch(batch), width, height, config, boxes
+    )
     return maps.numpy(), valid.numpy()
 
 
@@ -174,8 +183,9 @@ def test_sigma_scaling_and_anisotropy():
     np.testing.assert_allclose(wide[1] / wide[0], 2.0, rtol=2e-3)
     np.testing.assert_allclose(wide[0], expected, rtol=2e-3)
     px = replace(cfg, sigma=12.0, sigma_units="px")
-    np.testing.assert_allclose(_moments(_single([0.5], [0.5], 400, 400, px)[0][0]),
-                               expected, rtol=2e-3)  # fmt: skip
+    np.testing.assert_allclose(
+        _moments(_single([0.5], [0.5], 400, 400, px)[0][0]), expected, rtol=2e-3
+    )
 
 
 def test_truncation_stays_close_to_the_exact_gaussian():
@@ -183,8 +193,10 @@ def test_truncation_stays_close_to_the_exact_gaussian():
     got = _single([0.37], [0.61], 500, 375, cfg)[0][0]
     sigma = 0.03 * 500
     cx, cy = (np.arange(64) + 0.5) / 64 * 500, (np.arange(64) + 0.5) / 64 * 375
-    exact = np.outer(np.exp(-0.5 * ((cy - 0.61 * 375) / sigma) ** 2),
-                     np.exp(-0.5 * ((cx - 0.37 * 500) / sigma) ** 2))  # fmt: skip
+    exact = np.outer(
+        np.exp(-0.5 * ((cy - 0.61 * 375) / sigma) ** 2),
+        np.exp(-0.5 * ((cx - 0.37 * 500) / sigma) ** 2),
+    )
     assert np.abs(got - exact / exact.max()).max() < 2 * cfg.cut
 
 
@@ -219,8 +231,9 @@ def test_dwell_weights_match_reference():
     lengths = rng.integers(0, 40, 30)
     t = [np.cumsum(rng.integers(-20, 900, n)) for n in lengths]
     ann = [np.sort(rng.integers(0, 3, n)) for n in lengths]
-    trace = Ragged.from_lists([np.zeros(n) for n in lengths], [np.zeros(n) for n in lengths], t,
-                              ann)  # fmt: skip
+    trace = Ragged.from_lists(
+        [np.zeros(n) for n in lengths], [np.zeros(n) for n in lengths], t, ann
+    )
     for cfg in [
         RasterConfig(),
         RasterConfig(decay_ms=250.0),
@@ -240,26 +253,36 @@ def test_arrow_entry_handles_slices_tables_and_misalignment(batch):
     np.testing.assert_array_equal(part_valid, full_valid[7:20])
     table = pa.Table.from_batches([batch.slice(0, 20), batch.slice(20)])
     np.testing.assert_array_equal(arrow.rasterise_batch(table, cfg)[0], full)
-    cut = batch.set_column(batch.schema.get_field_index("click_y"), "click_y",
-                           pa.array([[0.5]] * len(batch), pa.list_(pa.float32())))  # fmt: skip
+    cut = batch.set_column(
+        batch.schema.get_field_index("click_y"),
+        "click_y",
+        pa.array([[0.5]] * len(batch), pa.list_(pa.float32())),
+    )
     with pytest.raises(ValueError, match="aligned"):
         arrow.rasterise_batch(cut, cfg)
 
 
 def test_selected_only_and_class_channels():
     rec = Record(
-        key="k", source="coco-ab", image="i", width=300, height=200,
-        click_x=np.array([0.2, 0.8, 0.5], np.float32), click_y=np.array([0.5] * 3, np.float32),
-        click_t=np.zeros(3, np.int64), click_class=np.array([2, 0, 7], np.int32),
+        key="k",
+        source="coco-ab",
+        image="i",
+        width=300,
+        height=200,
+        click_x=np.array([0.2, 0.8, 0.5], np.float32),
+        click_y=np.array([0.5] * 3, np.float32),
+        click_t=np.zeros(3, np.int64),
+        click_class=np.array([2, 0, 7], np.int32),
         click_ann=np.array([0, 1, 0], np.int16),
         annotations=[Annotation("W", "T", True, 1), Annotation("W", "T", False, 1)],
-    )  # fmt: skip
+    )
     batch = records_to_batch([rec])
     cfg = RasterConfig(n_classes=3, channels=("trace", "click"))
     maps, valid = arrow.rasterise_batch(batch, cfg)
     assert cfg.n_channels == 4 and valid[0].tolist() == [False, True, False, True]
-    maps, valid = arrow.rasterise_batch(batch, RasterConfig(n_classes=3, selected_only=True,
-                                                            channels=("click",)))  # fmt: skip
+    maps, valid = arrow.rasterise_batch(
+        batch, RasterConfig(n_classes=3, selected_only=True, channels=("click",))
+    )
     assert valid[0].tolist() == [False, False, True]  # class 0 came from a 'no' vote
 
 
@@ -284,7 +307,7 @@ def test_fixed_arrays(batch):
             cfg,
         )
         assert out["trace_valid"][i] == (want is not None)
-        if want is not None:  # fmt: skip
+        if want is not None:
             np.testing.assert_allclose(out["trace"][i], want, atol=1e-6)
         else:
             assert (out["trace"][i] == -1).all()
@@ -292,8 +315,9 @@ def test_fixed_arrays(batch):
 
 
 def test_resample_endpoints_and_class_points_last_wins():
-    trace = Ragged.from_lists([[0.1, 0.2, 0.9, 0.4]], [[0.1, 0.1, 0.1, 0.3]], [[0, 10, 10, 50]],
-                              [[0, 0, 1, 1]])  # fmt: skip
+    trace = Ragged.from_lists(
+        [[0.1, 0.2, 0.9, 0.4]], [[0.1, 0.1, 0.1, 0.3]], [[0, 10, 10, 50]], [[0, 0, 1, 1]]
+    )
     pts, valid = resample_trace(trace, 5)
     assert valid.all()
     np.testing.assert_allclose(pts[0, 0], [0.1, 0.1], atol=1e-7)

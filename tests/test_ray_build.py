@@ -38,15 +38,28 @@ def local_ray():
     """One local Ray for the module (2 CPUs, no dashboard); its workers import ray_plants."""
     tests = str(Path(__file__).parent)
     path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})  # fmt: skip
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
     yield
     ray.shutdown()
 
 
 def _build(root, out, *extra: str) -> None:
-    args = ["build", "--src", str(source_path(root, KIND)), "--images",
-            str(sample_dir(root, KIND)), "--out", str(out), "--quiet", *extra]  # fmt: skip
+    args = [
+        "build",
+        "--src",
+        str(source_path(root, KIND)),
+        "--images",
+        str(sample_dir(root, KIND)),
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     return result.output
@@ -80,8 +93,13 @@ def _assert_same(built: Path, local: Path) -> None:
 
 
 def _job(root, out: Path) -> BuildJob:
-    return BuildJob(src=str(source_path(root, KIND)), out=str(out), fmt="beton",
-                    images=str(sample_dir(root, KIND)), beton=BETON_GIVEN)  # fmt: skip
+    return BuildJob(
+        src=str(source_path(root, KIND)),
+        out=str(out),
+        fmt="beton",
+        images=str(sample_dir(root, KIND)),
+        beton=BETON_GIVEN,
+    )
 
 
 @pytest.mark.timeout(600)
@@ -93,7 +111,10 @@ def test_ray_beton_build_equals_a_local_build(root, local_beton):
     merged = json.loads(manifest_path(out).read_text())
     assert [m["shard"] for m in merged["merged_from"]] == [[0, 3], [1, 3], [2, 3]]
     assert sorted(p.name for p in out.parent.iterdir()) == [
-        "all.beton", "all.beton.json", "all.beton.rejects.jsonl"]  # shards dropped once merged
+        "all.beton",
+        "all.beton.json",
+        "all.beton.rejects.jsonl",
+    ]  # shards dropped once merged
 
 
 @pytest.mark.timeout(600)

@@ -104,8 +104,11 @@ def test_chunking_and_threads_do_not_change_records(tmp_path, monkeypatch):
     from luab_data.sources import tar_stream
 
     members = [m for m in imagenet_members() if m[0].endswith(".xml")]
-    many = [(n.replace(".xml", f"{i}.xml"), t.replace("_", "_", 1)) for i in range(60)
-            for n, t in members]  # fmt: skip
+    many = [
+        (n.replace(".xml", f"{i}.xml"), t.replace("_", "_", 1))
+        for i in range(60)
+        for n, t in members
+    ]
     tar = write_tar(tmp_path / "many.tar", many)
     monkeypatch.setattr(tar_stream, "TARGET_MEMBERS", 7)
     table, rejects = read_records(tar, workers=2)
@@ -174,9 +177,16 @@ def test_interchange_round_trip(imagenet_tar, coco_json, tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("0.5", 0.5), ("-1.25", -1.25), ("1e-3", 1e-3), ("  0.333333 ", 0.333333), ("7", 7.0),
-     ("1.0000000000000000000001", 1.0), ("2.5E2", 250.0)],
-)  # fmt: skip
+    [
+        ("0.5", 0.5),
+        ("-1.25", -1.25),
+        ("1e-3", 1e-3),
+        ("  0.333333 ", 0.333333),
+        ("7", 7.0),
+        ("1.0000000000000000000001", 1.0),
+        ("2.5E2", 250.0),
+    ],
+)
 def test_parse_float_matches_python(text, value):
     buf = np.frombuffer(text.encode(), np.uint8)
     got, ok = parse_float(buf, 0, len(buf))
@@ -202,5 +212,6 @@ def test_schema_metadata_survives_parquet(imagenet_tar, tmp_path):
     table, _ = read_records(tmp_path / "out")
     assert read_metadata(table.schema)["classes"] == IMAGENET_WNIDS
     direct, _ = read_records(imagenet_tar)
-    assert table.select(direct.column_names).equals(direct.replace_schema_metadata(None)
-                                                    .cast(table.schema))  # fmt: skip
+    assert table.select(direct.column_names).equals(
+        direct.replace_schema_metadata(None).cast(table.schema)
+    )

@@ -87,8 +87,7 @@ def _measure(batches, samples) -> tuple[list[float], list[float], int]:
 @pytest.mark.timeout(120)
 def test_alignment_over_many_augmentations(marked):
     path, samples = marked
-    loader = ReferenceLoader(path, 32, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED,
-                             workers=0)  # fmt: skip
+    loader = ReferenceLoader(path, 32, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED, workers=0)
     marker_err, map_err, seen = [], [], 0
     for epoch in range(20):  # 20 x 128 = 2560 augmentations
         assert loader.epoch == epoch
@@ -123,8 +122,7 @@ class _Decoupled(ReferenceDataset):
 @pytest.mark.timeout(120)
 def test_decoupled_crops_fail_the_check(marked):
     path, samples = marked
-    loader = ReferenceLoader(path, 32, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED,
-                             workers=0)  # fmt: skip
+    loader = ReferenceLoader(path, 32, image_size=IMAGE_HW, map_size=MAP_HW, seed=SEED, workers=0)
     data = loader.dataset
     loader.dataset = _Decoupled(data.samples, data.crop, data.image_size, data.map_size)
     marker_err, _, _ = _measure(loader, samples)
@@ -142,8 +140,7 @@ def test_decoupled_crops_fail_the_check(marked):
 
 
 def _numpy(batch) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in batch._asdict().items()
-            if v is not None}  # fmt: skip
+    return {k: v.detach().cpu().numpy().copy() for k, v in batch._asdict().items() if v is not None}
 
 
 @pytest.mark.timeout(240)
@@ -186,9 +183,16 @@ def test_records_and_image_folder_match_the_beton(root):
     path = built(root, "imagenet-ab")
     beton = BetonSamples(path, field_names(path))
     from_file = ReferenceDataset(beton, CropSettings(seed=4), (32, 32), (8, 8))
-    loader = ReferenceLoader(source_path(root, "imagenet-ab"), 8, options=OPTIONS, seed=4,
-                             images=sample_dir(root, "imagenet-ab"), image_size=(32, 32),
-                             map_size=(8, 8), workers=0)  # fmt: skip
+    loader = ReferenceLoader(
+        source_path(root, "imagenet-ab"),
+        8,
+        options=OPTIONS,
+        seed=4,
+        images=sample_dir(root, "imagenet-ab"),
+        image_size=(32, 32),
+        map_size=(8, 8),
+        workers=0,
+    )
     sizes, checked = BetonFile(path).image_size(), 0
     for index in range(len(beton)):
         a, b = loader.dataset[index], from_file[index]
@@ -209,8 +213,12 @@ def test_recipe_loader_settings(root):
     recipe = load_recipe("sample")
     assert loader_kwargs(recipe)["shuffle"] is True
     path = built(root, "coco-ab")
-    kwargs = {**loader_kwargs(recipe, train=False), "batch_size": 16, "workers": 0,
-              "image_size": 64}  # fmt: skip
+    kwargs = {
+        **loader_kwargs(recipe, train=False),
+        "batch_size": 16,
+        "workers": 0,
+        "image_size": 64,
+    }
     batch = next(iter(ReferenceLoader(path, names=field_names(path), **kwargs)))
     assert batch.images.shape == (16, 3, 64, 64) and not batch.flips.any()
     assert batch.indices.tolist() == list(range(16)) and batch.labels.shape == (16, 80)
@@ -219,8 +227,14 @@ def test_recipe_loader_settings(root):
 
 def test_normalised_images_on_a_device(root):
     path = built(root, "imagenet-ab")
-    common = {"batch_size": 8, "train": False, "image_size": 32, "workers": 0,
-              "indices": range(8), "names": field_names(path)}  # fmt: skip
+    common = {
+        "batch_size": 8,
+        "train": False,
+        "image_size": 32,
+        "workers": 0,
+        "indices": range(8),
+        "names": field_names(path),
+    }
     raw = next(iter(ReferenceLoader(path, **common)))
     norm = next(iter(ReferenceLoader(path, normalize=True, device="cpu", **common)))
     assert norm.images.dtype == torch.float32

@@ -32,8 +32,10 @@ def bad_imagenet_members() -> list[tuple[str, str]]:
     def doc(stem: str, block: str, wnid: str = "n01440764") -> tuple[str, str]:
         return f"train_xml/{wnid}/{stem}.xml", bare_xml(wnid, stem, [block])
 
-    malformed = ("train_xml/n01440764/bad_malformed.xml",
-                 "<annotation><metadata><selected>True</selected></annotation>")  # fmt: skip
+    malformed = (
+        "train_xml/n01440764/bad_malformed.xml",
+        "<annotation><metadata><selected>True</selected></annotation>",
+    )
     truncated_doc = ("train_xml/n01440764/bad_cut.xml", bare_xml("n01440764", "c", [meta()])[:-40])
     return [
         malformed,
@@ -88,21 +90,29 @@ def test_imagenet_rejects_each_reason_and_keeps_the_rest(tmp_path):
 def test_imagenet_missing_image(tmp_path):
     tar = write_tar(tmp_path / "a.tar.gz", imagenet_members())
     images = tmp_path / "images"
-    for wnid, stem in [("n01440764", "n01440764_1"), ("n01440764", "n01440764_2"),
-                       ("n02000000", "n02000000_7")]:  # fmt: skip
+    for wnid, stem in [
+        ("n01440764", "n01440764_1"),
+        ("n01440764", "n01440764_2"),
+        ("n02000000", "n02000000_7"),
+    ]:
         (images / "train" / wnid).mkdir(parents=True, exist_ok=True)
         (images / "train" / wnid / f"{stem}.JPEG").write_bytes(b"\xff\xd8" + stem.encode())
     table, rejects = read_records(tar, images=images, with_jpeg=True)
     assert [(r.key, r.reason) for r in rejects] == [("n01530575_3", "missing-image")]
-    jpegs = dict(zip(table.column("key").to_pylist(), table.column("jpeg").to_pylist(),
-                     strict=True))  # fmt: skip
+    jpegs = dict(
+        zip(table.column("key").to_pylist(), table.column("jpeg").to_pylist(), strict=True)
+    )
     assert jpegs["n01440764_2"] == b"\xff\xd8n01440764_2"
 
 
 def test_truncated_archive_says_where(tmp_path):
-    many = [(f"train_xml/n01440764/n01440764_{i}.xml",
-             bare_xml("n01440764", str(i), [meta(trace=[(T0 + j, 0.5, 0.5) for j in range(50)])]))
-            for i in range(200)]  # fmt: skip
+    many = [
+        (
+            f"train_xml/n01440764/n01440764_{i}.xml",
+            bare_xml("n01440764", str(i), [meta(trace=[(T0 + j, 0.5, 0.5) for j in range(50)])]),
+        )
+        for i in range(200)
+    ]
     tar = write_tar(tmp_path / "full.tar.gz", many)
     cut = tmp_path / "cut.tar.gz"
     cut.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
@@ -160,8 +170,9 @@ def test_coco_missing_image(tmp_path):
 
 
 def test_truncated_json_says_where(tmp_path):
-    text = json.dumps([coco_record(i, trace=[(j, 0.5, 0.5) for j in range(30)])
-                       for i in range(1, 400)])  # fmt: skip
+    text = json.dumps(
+        [coco_record(i, trace=[(j, 0.5, 0.5) for j in range(30)]) for i in range(1, 400)]
+    )
     path = tmp_path / "cut.json"
     path.write_text(text[: len(text) // 2])
     with pytest.raises(SourceError, match=r"truncated.*element \d+|ends inside element \d+"):
@@ -225,8 +236,9 @@ def test_coco_reader_resumes_after_each_broken_element(tmp_path, monkeypatch, re
     from luab_data.sources import ijson_list
 
     monkeypatch.setattr(ijson_list, "READ_SIZE", read_size)
-    parts = [json.dumps(coco_record(i, trace=[(j, 0.5, 0.5) for j in range(20)]))
-             for i in range(1, 31)]  # fmt: skip
+    parts = [
+        json.dumps(coco_record(i, trace=[(j, 0.5, 0.5) for j in range(20)])) for i in range(1, 31)
+    ]
     parts[2] = parts[2].replace('"x": 0.5', '"x": ', 1)  # image_id 3: broken
     parts[16] = parts[16].replace('"page_id": 4', '"page_id": 4 4')  # image_id 17: broken
     parts[9] = json.dumps(coco_record(10, trace=[(1, float("nan"), 0.5)]))  # NaN: decoded
@@ -235,8 +247,12 @@ def test_coco_reader_resumes_after_each_broken_element(tmp_path, monkeypatch, re
     path.write_text("[" + ",\n".join(parts) + " ,\n]")
     table, rejects = read_records(path)
     assert sorted(map(int, table.column("key").to_pylist())) == [
-        i for i in range(1, 30) if i not in (3, 10, 17)]
+        i for i in range(1, 30) if i not in (3, 10, 17)
+    ]
     assert [(r.key, r.reason, r.where) for r in rejects] == [
-        ("3", "malformed-json", "c.json[2]"), ("10", "bad-coordinates", "c.json[9]"),
-        ("17", "malformed-json", "c.json[16]"), ("30", "malformed-json", "c.json[29]")]
+        ("3", "malformed-json", "c.json[2]"),
+        ("10", "bad-coordinates", "c.json[9]"),
+        ("17", "malformed-json", "c.json[16]"),
+        ("30", "malformed-json", "c.json[29]"),
+    ]
     assert "invalid JSON" in rejects[0].detail and "byte" in rejects[0].detail

@@ -31,8 +31,11 @@ def labels(folder: Path) -> dict[str, dict]:
 
 
 def digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +70,10 @@ def inside_rate(table, boxes: dict[str, dict]) -> float:
     hits = []
     for key, x, y in first_clicks(table):
         b, w, h = boxes[key], float(boxes[key]["width"]), float(boxes[key]["height"])
-        hits.append(float(b["box_x0"]) / w <= x <= float(b["box_x1"]) / w
-                    and float(b["box_y0"]) / h <= y <= float(b["box_y1"]) / h)
+        hits.append(
+            float(b["box_x0"]) / w <= x <= float(b["box_x1"]) / w
+            and float(b["box_y0"]) / h <= y <= float(b["box_y1"]) / h
+        )
     return float(np.mean(hits))
 
 
@@ -125,11 +130,13 @@ def test_official_quirks_are_in_the_xml(imagenet):
                 assert tags == sorted(tags)
                 assert m.findtext("selected") in ("True", "False")
                 assert m.findtext("imageWidth") == m.findtext("imageHeight")
-                non_square += m.findtext("originalImageWidth") != m.findtext(
-                    "originalImageHeight")
+                non_square += m.findtext("originalImageWidth") != m.findtext("originalImageHeight")
                 none_lists += sum(c.text == "None" for c in m)
-                xs = [float(s.findtext("x")) for s in m.findall("mouseTracking") if s.find("x")
-                      is not None]
+                xs = [
+                    float(s.findtext("x"))
+                    for s in m.findall("mouseTracking")
+                    if s.find("x") is not None
+                ]
                 outside += sum(not 0 <= x <= 1 for x in xs)
     assert shapes == {"box", "bare"}
     assert max(blocks_per_doc) >= 3 and min(blocks_per_doc) == 1
@@ -236,9 +243,11 @@ def test_exactly_the_planted_records_are_rejected(kind, tmp_path):
     planted = [json.loads(line) for line in (tmp_path / "planted.jsonl").read_text().splitlines()]
     assert len(planted) == 30
     assert sorted((r.where, r.reason) for r in rejects) == sorted(
-        (p["where"], p["reason"]) for p in planted)
+        (p["where"], p["reason"]) for p in planted
+    )
     assert sorted((r.key, r.reason) for r in rejects if r.reason != "malformed-json") == sorted(
-        (p["key"], p["reason"]) for p in planted if p["reason"] != "malformed-json")
+        (p["key"], p["reason"]) for p in planted if p["reason"] != "malformed-json"
+    )
     assert len({p["reason"] for p in planted}) >= 7
     duplicates = sum(p["reason"] == "duplicate-key" for p in planted)
     assert table.num_rows == 500 - (len(planted) - duplicates)
@@ -250,8 +259,20 @@ def test_exactly_the_planted_records_are_rejected(kind, tmp_path):
 def test_cli_writes_a_byproducts_only_sample(tmp_path):
     from luab_data.cli import main
 
-    result = CliRunner().invoke(main, ["sample", "--out", str(tmp_path), "--size", "200",
-                                       "--no-images", "--quiet", "--seed", "2"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "sample",
+            "--out",
+            str(tmp_path),
+            "--size",
+            "200",
+            "--no-images",
+            "--quiet",
+            "--seed",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "200 imagenet-ab records" in result.output
     summary = json.loads((tmp_path / "sample.json").read_text())

@@ -41,16 +41,22 @@ def test_members_match_tarfile(tmp_path, monkeypatch, fmt, read_size):
     assert max(len(name) for name, _ in members) > 100
     monkeypatch.setattr(tar_stream, "READ_SIZE", read_size)
     monkeypatch.setattr(tar_stream, "TARGET_MEMBERS", 17)
-    got = [(name, b.buf[s:e]) for b in iter_blocks(path)
-           for name, s, e in zip(b.names, b.starts, b.ends, strict=True)]  # fmt: skip
+    got = [
+        (name, b.buf[s:e])
+        for b in iter_blocks(path)
+        for name, s, e in zip(b.names, b.starts, b.ends, strict=True)
+    ]
     assert got == members
 
 
 def test_uncompressed_tar(tmp_path):
     path = tmp_path / "a.tar"
     members = make_tar(path, tarfile.GNU_FORMAT, compress=False)
-    got = [(n, b.buf[s:e]) for b in iter_blocks(path)
-           for n, s, e in zip(b.names, b.starts, b.ends, strict=True)]  # fmt: skip
+    got = [
+        (n, b.buf[s:e])
+        for b in iter_blocks(path)
+        for n, s, e in zip(b.names, b.starts, b.ends, strict=True)
+    ]
     assert got == members
 
 
@@ -79,8 +85,12 @@ def test_corrupt_header_raises(tmp_path):
 def test_links_and_devices_are_listed_without_data(tmp_path):
     path = tmp_path / "a.tar"
     with tarfile.open(path, "w") as tar:
-        for name, kind in (("a.xml", tarfile.REGTYPE), ("l.xml", tarfile.SYMTYPE),
-                           ("h.xml", tarfile.LNKTYPE), ("c", tarfile.CHRTYPE)):  # fmt: skip
+        for name, kind in (
+            ("a.xml", tarfile.REGTYPE),
+            ("l.xml", tarfile.SYMTYPE),
+            ("h.xml", tarfile.LNKTYPE),
+            ("c", tarfile.CHRTYPE),
+        ):
             info = tarfile.TarInfo(name)
             info.type, info.linkname = kind, "a.xml" if kind != tarfile.REGTYPE else ""
             info.size = 3 if kind == tarfile.REGTYPE else 0

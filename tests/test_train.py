@@ -35,8 +35,9 @@ def _net(seed: int = 0, **heads) -> LuabNet:
 
 
 def _batch(seed: int = 0, n: int = 16) -> Batch:
-    loader = SyntheticLoader(n, RES, num_classes=CLASSES, map_size=(RES // 4,) * 2, seed=seed,
-                             n_distinct=1, steps=1)  # fmt: skip
+    loader = SyntheticLoader(
+        n, RES, num_classes=CLASSES, map_size=(RES // 4,) * 2, seed=seed, n_distinct=1, steps=1
+    )
     return loader.batches[0]
 
 
@@ -49,12 +50,14 @@ def _terms(net: LuabNet, batch: Batch, cfg: ft.Config) -> dict[str, float]:
     return {k: float(v.detach()) for k, v in ft.luab_loss(out, batch, cfg, False).items()}
 
 
-@pytest.mark.parametrize(("point_loss", "att_loss"), [("l1", "kl"), ("smooth_l1", "bce"),
-                                                      ("l2", "kl")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("point_loss", "att_loss"), [("l1", "kl"), ("smooth_l1", "bce"), ("l2", "kl")]
+)
 def test_one_step_lowers_every_term(point_loss: str, att_loss: str) -> None:
     net, batch = _net(), _batch()
-    cfg = _cfg(lam=1.0, mu=1.0, point_loss=point_loss, att_loss=att_loss, momentum=0.0,
-               weight_decay=0.0)  # fmt: skip
+    cfg = _cfg(
+        lam=1.0, mu=1.0, point_loss=point_loss, att_loss=att_loss, momentum=0.0, weight_decay=0.0
+    )
     opt = ft.make_optimizer(net, cfg)
     net.train()
     before = _terms(net, batch, cfg)
@@ -80,8 +83,10 @@ def test_zero_weights_is_exactly_the_baseline() -> None:
     assert torch.equal(terms["loss"], expected)
     opts = [ft.make_optimizer(n, cfg) for n in (luab, plain)]
     for _ in range(3):
-        losses = [ft.train_step(n, o, batch, cfg, INFO, RT, lr=0.1)["loss"]
-                  for n, o in zip((luab, plain), opts, strict=True)]  # fmt: skip
+        losses = [
+            ft.train_step(n, o, batch, cfg, INFO, RT, lr=0.1)["loss"]
+            for n, o in zip((luab, plain), opts, strict=True)
+        ]
         assert torch.equal(losses[0], losses[1])
     plain_state = plain.state_dict()
     for name, value in plain_state.items():
@@ -119,8 +124,9 @@ def test_invalid_points_give_no_gradient() -> None:
 
 def test_no_valid_target_gives_zero_loss() -> None:
     batch = _batch()
-    empty = batch._replace(point_weights=torch.zeros_like(batch.point_weights),
-                           maps=torch.zeros_like(batch.maps))  # fmt: skip
+    empty = batch._replace(
+        point_weights=torch.zeros_like(batch.point_weights), maps=torch.zeros_like(batch.maps)
+    )
     out = _net()(empty.images)
     terms = ft.luab_loss(out, empty, _cfg(lam=1.0, mu=1.0), False)
     terms = {k: v.detach() for k, v in terms.items()}
@@ -141,11 +147,41 @@ def test_attention_loss_prefers_the_target() -> None:
 
 def _run(tmp: Path, name: str, *extra: str) -> list[dict]:
     out = tmp / name
-    ft.main(["--synthetic", "--model", "resnet_small", "--num-classes", str(CLASSES),
-             "--batch-size", "8", "--min-res", str(RES), "--max-res", str(RES),
-             "--synthetic-steps", "3", "--epochs", "3", "--lr", "0.1", "--lr-peak-epoch", "1",
-             "--lam", "1", "--mu", "1", "--ema", "0.9", "--log-every", "1", "--quiet",
-             "--out", str(out), *extra])  # fmt: skip
+    ft.main(
+        [
+            "--synthetic",
+            "--model",
+            "resnet_small",
+            "--num-classes",
+            str(CLASSES),
+            "--batch-size",
+            "8",
+            "--min-res",
+            str(RES),
+            "--max-res",
+            str(RES),
+            "--synthetic-steps",
+            "3",
+            "--epochs",
+            "3",
+            "--lr",
+            "0.1",
+            "--lr-peak-epoch",
+            "1",
+            "--lam",
+            "1",
+            "--mu",
+            "1",
+            "--ema",
+            "0.9",
+            "--log-every",
+            "1",
+            "--quiet",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -166,8 +202,16 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
 
 
 def test_schedule_and_resolution() -> None:
-    cfg = _cfg(epochs=10, lr=1.0, lr_peak_epoch=2, min_res=160, max_res=192, start_ramp=5,
-               end_ramp=8, res_step=32)  # fmt: skip
+    cfg = _cfg(
+        epochs=10,
+        lr=1.0,
+        lr_peak_epoch=2,
+        min_res=160,
+        max_res=192,
+        start_ramp=5,
+        end_ramp=8,
+        res_step=32,
+    )
     assert ft.lr_at(0, cfg) == pytest.approx(1e-4)
     assert ft.lr_at(1, cfg) == pytest.approx(0.5, abs=1e-3)
     assert ft.lr_at(2, cfg) == 1.0 and ft.lr_at(6, cfg) == pytest.approx(0.5)
@@ -240,8 +284,13 @@ def test_folder_split_multi_hot_for_coco(tmp_path: Path) -> None:
     from luab_data.sources.coco_categories import COCO_80_NAMES
 
     generate_sample(tmp_path, SampleSpec(kind="coco-ab", size=10, heldout=20), processes=1)
-    split = FolderSplit(tmp_path / "val_id", batch_size=8, image_size=24,
-                        classes=list(COCO_80_NAMES), multilabel=True)  # fmt: skip
+    split = FolderSplit(
+        tmp_path / "val_id",
+        batch_size=8,
+        image_size=24,
+        classes=list(COCO_80_NAMES),
+        multilabel=True,
+    )
     sample = json.loads((tmp_path / "sample.json").read_text())
     coco_of = {c["index"]: COCO_80_NAMES.index(c["coco_name"]) for c in sample["classes"]}
     rows = (tmp_path / "val_id" / "labels.csv").read_text().splitlines()[1:]
@@ -263,15 +312,18 @@ def _fails(capsys, argv: list[str]) -> str:
     return err
 
 
-@pytest.mark.parametrize(("argv", "says"), [
-    (["--amp", "bf61"], "argument --amp: invalid choice: 'bf61'"),
-    (["--loader", "tf"], "argument --loader: invalid choice: 'tf'"),
-    (["--point-loss", "l3"], "argument --point-loss: invalid choice"),
-    (["--att-loss", "mse"], "argument --att-loss: invalid choice"),
-    (["--channels-last", "yes"], "argument --channels-last: invalid choice"),
-    (["--model", "resnet51"], "argument --model: 'resnet51': choose from"),
-    (["--model", "timm:"], "argument --model: 'timm:'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--amp", "bf61"], "argument --amp: invalid choice: 'bf61'"),
+        (["--loader", "tf"], "argument --loader: invalid choice: 'tf'"),
+        (["--point-loss", "l3"], "argument --point-loss: invalid choice"),
+        (["--att-loss", "mse"], "argument --att-loss: invalid choice"),
+        (["--channels-last", "yes"], "argument --channels-last: invalid choice"),
+        (["--model", "resnet51"], "argument --model: 'resnet51': choose from"),
+        (["--model", "timm:"], "argument --model: 'timm:'"),
+    ],
+)
 def test_string_options_are_validated(capsys, argv, says) -> None:
     assert says in _fails(capsys, ["--synthetic", *argv])
 
@@ -296,8 +348,11 @@ def test_class_names_come_from_the_manifest_head(tmp_path: Path) -> None:
     cut short (unreadable as a whole) still gives the class names."""
     beton = tmp_path / "train.beton"
     beton.write_bytes(b"")
-    head = {"format": "luab-beton", "checksums": {"samples_crc32": "A" * 200_000},
-            "metadata": {"classes": ["n01", "n02", "n03"], "source_kind": "imagenet-ab"}}
+    head = {
+        "format": "luab-beton",
+        "checksums": {"samples_crc32": "A" * 200_000},
+        "metadata": {"classes": ["n01", "n02", "n03"], "source_kind": "imagenet-ab"},
+    }
     text = json.dumps(head, indent=2)[:-2] + ',\n  "keys": ["k0", "k1", "k2'  # cut
     (tmp_path / "train.beton.json").write_text(text)
     with pytest.raises(json.JSONDecodeError):
@@ -317,8 +372,9 @@ def test_timm_backbone_trains_one_step() -> None:
     torch.manual_seed(0)
     net = ft.build_model(cfg, INFO)
     assert net.stride == 32
-    loader = SyntheticLoader(4, 64, num_classes=CLASSES, map_size=(2, 2), seed=0, steps=1,
-                             n_distinct=1)  # fmt: skip
+    loader = SyntheticLoader(
+        4, 64, num_classes=CLASSES, map_size=(2, 2), seed=0, steps=1, n_distinct=1
+    )
     batch = next(iter(loader))
     opt = ft.make_optimizer(net, cfg)
     before = {name: p.detach().clone() for name, p in net.named_parameters()}

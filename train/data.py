@@ -57,8 +57,9 @@ class FolderSplit:
         else:
             self.labels = torch.tensor(_label_indices(rows, classes), dtype=torch.int64)
         size = np.array([[float(r["width"]), float(r["height"])] for r in rows])
-        box = np.array([[float(r[k]) for k in ("box_x0", "box_y0", "box_x1", "box_y1")]
-                        for r in rows])  # fmt: skip
+        box = np.array(
+            [[float(r[k]) for k in ("box_x0", "box_y0", "box_x1", "box_y1")] for r in rows]
+        )
         self.object_boxes = torch.from_numpy(box / np.tile(size, 2)).float()  # normalised
         self.batch_size, self.image_size, self.center_ratio = batch_size, image_size, center_ratio
         self.mine = np.arange(rank, len(rows), world)
@@ -80,10 +81,14 @@ class FolderSplit:
             idx = torch.from_numpy(self.mine[start : start + self.batch_size])
             yield Batch(
                 images=images[idx].contiguous(memory_format=torch.channels_last),
-                labels=self.labels[idx], boxes=crops[idx],
-                flips=torch.zeros(len(idx), dtype=torch.bool), maps=None, points=None,
-                point_weights=None, indices=idx,
-            )  # fmt: skip
+                labels=self.labels[idx],
+                boxes=crops[idx],
+                flips=torch.zeros(len(idx), dtype=torch.bool),
+                maps=None,
+                points=None,
+                point_weights=None,
+                indices=idx,
+            )
 
     def _decoded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 3, S, S) uint8 images and (N, 4) crop boxes of every image of the split."""
@@ -105,8 +110,10 @@ class FolderSplit:
             width, height, 0, 0, i, train=False, center_ratio=self.center_ratio
         )
         crop = bgr[top : top + h, left : left + w]
-        rgb = cv2.cvtColor(cv2.resize(crop, (self.image_size,) * 2, interpolation=cv2.INTER_AREA),
-                           cv2.COLOR_BGR2RGB)  # fmt: skip
+        rgb = cv2.cvtColor(
+            cv2.resize(crop, (self.image_size,) * 2, interpolation=cv2.INTER_AREA),
+            cv2.COLOR_BGR2RGB,
+        )
         return torch.from_numpy(rgb).permute(2, 0, 1), torch.tensor(box, dtype=torch.float32)
 
 
@@ -170,10 +177,19 @@ class SyntheticLoader:
     ) -> None:
         gen = torch.Generator().manual_seed(seed)
         self.batches = [
-            _random_batch(gen, batch_size, image_size, num_classes, map_size, map_channels,
-                          n_points, device, dtype)
+            _random_batch(
+                gen,
+                batch_size,
+                image_size,
+                num_classes,
+                map_size,
+                map_channels,
+                n_points,
+                device,
+                dtype,
+            )
             for _ in range(n_distinct)
-        ]  # fmt: skip
+        ]
         self.steps, self.seed, self.epoch = steps, seed, 0
 
     def __len__(self) -> int:
@@ -209,11 +225,12 @@ def _random_batch(
         images=images.contiguous(memory_format=torch.channels_last),
         labels=torch.randint(num_classes, (n,), generator=gen),
         boxes=torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(n, 1),
-        flips=torch.zeros(n, dtype=torch.bool), maps=maps,
+        flips=torch.zeros(n, dtype=torch.bool),
+        maps=maps,
         points=points[:, 0] if n_points == 1 else points,
         point_weights=weights[:, 0] if n_points == 1 else weights,
         indices=torch.arange(n),
-    )  # fmt: skip
+    )
     return Batch(*(None if t is None else t.to(device) for t in batch))
 
 

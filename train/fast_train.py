@@ -76,8 +76,9 @@ class Config:
     # data
     train: str = _opt("", "training .beton (image, label, map, point fields)")
     val: list = _opt([], "[name=]path, repeatable: a sample split folder (labels.csv) or a .beton")
-    loader: str = _opt("ffcv", "loader of .beton files (training and evaluation)",
-                       ("ffcv", "dali", "torch"))
+    loader: str = _opt(
+        "ffcv", "loader of .beton files (training and evaluation)", ("ffcv", "dali", "torch")
+    )
     synthetic: bool = _opt(False, "random device-resident batches instead of --train (ceiling)")
     synthetic_steps: int = _opt(100, "steps per epoch with --synthetic")
     num_classes: int = _opt(0, "0: from the data (1000 with --synthetic)")
@@ -98,18 +99,23 @@ class Config:
     model: str = _opt("resnet50", "resnet_small | resnet18 | resnet50 | timm:<name>")
     compile: bool = _opt(False, "torch.compile the training model")
     amp: str = _opt("auto", "auto: bf16 on CUDA", ("auto", "bf16", "off"))
-    channels_last: str = _opt("on", "channels-last is faster on CUDA and oneDNN CPUs",
-                              ("on", "off"))
+    channels_last: str = _opt(
+        "on", "channels-last is faster on CUDA and oneDNN CPUs", ("on", "off")
+    )
     # loss
     label_smoothing: float = _opt(0.1, "cross-entropy label smoothing (multi-class)")
     lam: float = _opt(0.0, "λ: weight of the point loss (0: no point head)")
     mu: float = _opt(0.0, "μ: weight of the attention-map loss (0: no attention head)")
     point_loss: str = _opt("l1", "on valid points only", ("l1", "l2", "smooth_l1"))
-    att_loss: str = _opt("kl", "kl: the map as a distribution; bce: the map / its max",
-                         ("kl", "bce"))
+    att_loss: str = _opt(
+        "kl", "kl: the map as a distribution; bce: the map / its max", ("kl", "bce")
+    )
     att_channels: list = _opt([], "map channels to predict (default all: 0 clicks, 1 trace)")
-    att_pool: bool = _opt(False, "classifier pools features weighted by the predicted map "
-                          "(channel 0), not uniformly: an extension, off in the paper's recipe")
+    att_pool: bool = _opt(
+        False,
+        "classifier pools features weighted by the predicted map "
+        "(channel 0), not uniformly: an extension, off in the paper's recipe",
+    )
     # optimisation
     epochs: int = _opt(16, "training epochs")
     lr: float = _opt(0.5, "peak learning rate")
@@ -141,8 +147,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     """``--config`` (YAML/JSON with Config's field names) sets defaults; flags override. A
     string option outside its choices, from either, is an error."""
     pre = _Parser(add_help=False)
-    pre.add_argument("--config",
-                     help="JSON/YAML of Config fields, or luab_data/pipelines/train/*.json")
+    pre.add_argument(
+        "--config", help="JSON/YAML of Config fields, or luab_data/pipelines/train/*.json"
+    )
     known, _ = pre.parse_known_args(argv)
     parser = _Parser(description=__doc__.split("\n\n")[0], parents=[pre])
     for f in fields(Config):
@@ -154,8 +161,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     for f in fields(Config):  # argparse checks the choices of flags, not of --config values
         choices = f.metadata["choices"]
         if choices and args[f.name] not in choices:
-            parser.error(f"{f.name} {args[f.name]!r} (from --config): choose from "
-                         f"{', '.join(choices)}")  # fmt: skip
+            parser.error(
+                f"{f.name} {args[f.name]!r} (from --config): choose from {', '.join(choices)}"
+            )
     return Config(**args)
 
 
@@ -179,8 +187,7 @@ def _model_name(name: str) -> str:
     """A project backbone or timm:<name> (whether timm knows the name is checked on use)."""
     if name in BACKBONES or (name.startswith("timm:") and len(name) > len("timm:")):
         return name
-    raise argparse.ArgumentTypeError(f"{name!r}: choose from {', '.join(BACKBONES)} or "
-                                     "timm:<name>")  # fmt: skip
+    raise argparse.ArgumentTypeError(f"{name!r}: choose from {', '.join(BACKBONES)} or timm:<name>")
 
 
 def check_inputs(cfg: Config) -> None:
@@ -188,8 +195,10 @@ def check_inputs(cfg: Config) -> None:
     if cfg.synthetic:
         return
     if not cfg.train:
-        raise SystemExit("fast_train.py: error: --train is required (a .beton built by "
-                         "`luab-data build`), or --synthetic for random batches")  # fmt: skip
+        raise SystemExit(
+            "fast_train.py: error: --train is required (a .beton built by "
+            "`luab-data build`), or --synthetic for random batches"
+        )
     for path in [cfg.train, *(spec.rpartition("=")[2] for spec in cfg.val)]:
         if not Path(path).exists():
             raise SystemExit(f"fast_train.py: error: {path}: no such file or folder")
@@ -291,8 +300,10 @@ def describe_data(cfg: Config) -> DataInfo:
     beton = BetonFile(cfg.train)
     handlers = beton.handlers
     if cfg.label_field not in handlers:
-        raise SystemExit(f"{cfg.train}: no label field {cfg.label_field!r} (--label-field); "
-                         f"it has {', '.join(handlers)}")  # fmt: skip
+        raise SystemExit(
+            f"{cfg.train}: no label field {cfg.label_field!r} (--label-field); "
+            f"it has {', '.join(handlers)}"
+        )
     label = handlers[cfg.label_field]
     multilabel = hasattr(label, "shape")  # a multi-hot NDArrayField, not an IntField
     if cfg.num_classes:
@@ -308,8 +319,10 @@ def describe_data(cfg: Config) -> DataInfo:
     n_maps = int(amap.shape[0]) if amap is not None else 0
     info = DataInfo(num_classes, multilabel, n_points, n_maps)
     if (cfg.lam > 0 and not n_points) or (cfg.mu > 0 and not info.map_channels):
-        raise SystemExit(f"{cfg.train}: no {cfg.point_field!r}/{cfg.map_field!r} field for "
-                         "the LUAB terms (--lam / --mu); build it with byproducts")  # fmt: skip
+        raise SystemExit(
+            f"{cfg.train}: no {cfg.point_field!r}/{cfg.map_field!r} field for "
+            "the LUAB terms (--lam / --mu); build it with byproducts"
+        )
     return info
 
 
@@ -334,23 +347,46 @@ def make_train_loader(
     DALI); on the CPU images come as uint8 and are normalised after the transfer."""
     if cfg.synthetic:
         return SyntheticLoader(
-            cfg.batch_size, res, num_classes=info.num_classes, map_size=map_hw,
-            map_channels=info.map_channels, n_points=info.n_points, steps=cfg.synthetic_steps,
-            seed=cfg.seed, device=rt.device, dtype=rt.amp or torch.float32,
-        )  # fmt: skip
-    names = FieldNames(label=cfg.label_field, map=cfg.map_field or None,
-                       point=cfg.point_field or None)  # fmt: skip
-    return make_loader(cfg.loader, cfg.train, train=True, image_size=res, map_size=map_hw,
-                       scale=tuple(cfg.crop_scale), names=names, **_loader_knobs(cfg, rt))
+            cfg.batch_size,
+            res,
+            num_classes=info.num_classes,
+            map_size=map_hw,
+            map_channels=info.map_channels,
+            n_points=info.n_points,
+            steps=cfg.synthetic_steps,
+            seed=cfg.seed,
+            device=rt.device,
+            dtype=rt.amp or torch.float32,
+        )
+    names = FieldNames(
+        label=cfg.label_field, map=cfg.map_field or None, point=cfg.point_field or None
+    )
+    return make_loader(
+        cfg.loader,
+        cfg.train,
+        train=True,
+        image_size=res,
+        map_size=map_hw,
+        scale=tuple(cfg.crop_scale),
+        names=names,
+        **_loader_knobs(cfg, rt),
+    )
 
 
 def _loader_knobs(cfg: Config, rt: Runtime) -> dict[str, Any]:
     """What the training and evaluation loaders share: batch, seed, workers, this rank's
     share, the device (and normalisation there, in the autocast dtype)."""
     on_gpu = rt.device.type == "cuda"
-    return dict(batch_size=cfg.batch_size, seed=cfg.seed, workers=cfg.workers, rank=rt.rank,
-                world_size=rt.world, device=rt.device if on_gpu else None, normalize=on_gpu,
-                image_dtype=rt.amp or torch.float32)  # fmt: skip
+    return dict(
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        workers=cfg.workers,
+        rank=rt.rank,
+        world_size=rt.world,
+        device=rt.device if on_gpu else None,
+        normalize=on_gpu,
+        image_dtype=rt.amp or torch.float32,
+    )
 
 
 @dataclass
@@ -379,13 +415,26 @@ def make_eval_sets(cfg: Config, info: DataInfo, rt: Runtime) -> list[EvalSet]:
         name, _, path = spec.rpartition("=")
         name = name or Path(path).stem
         if Path(path, "labels.csv").exists():
-            split = FolderSplit(path, cfg.batch_size, cfg.val_res, rank=rt.rank, world=rt.world,
-                                classes=classes, multilabel=info.multilabel)  # fmt: skip
+            split = FolderSplit(
+                path,
+                cfg.batch_size,
+                cfg.val_res,
+                rank=rt.rank,
+                world=rt.world,
+                classes=classes,
+                multilabel=info.multilabel,
+            )
             sets.append(EvalSet(name, split, split.object_boxes))
             continue
         names = FieldNames(label=cfg.label_field, map=None, point=None)
-        loader = make_loader(cfg.loader, path, train=False, image_size=cfg.val_res, names=names,
-                             **_loader_knobs(cfg, rt))  # fmt: skip
+        loader = make_loader(
+            cfg.loader,
+            path,
+            train=False,
+            image_size=cfg.val_res,
+            names=names,
+            **_loader_knobs(cfg, rt),
+        )
         sets.append(EvalSet(name, loader, None))
     return sets
 
@@ -414,8 +463,13 @@ def build_model(cfg: Config, info: DataInfo) -> LuabNet:
     """Heads exist whatever λ, μ (same init for every run of a seed); an unused head is frozen
     so that DDP and the optimiser skip it."""
     n_maps = len(cfg.att_channels) if cfg.att_channels else info.map_channels
-    net = LuabNet(make_backbone(cfg.model), info.num_classes, max(info.n_points, 1), n_maps or 1,
-                  attention_pool=cfg.att_pool)  # fmt: skip
+    net = LuabNet(
+        make_backbone(cfg.model),
+        info.num_classes,
+        max(info.n_points, 1),
+        n_maps or 1,
+        attention_pool=cfg.att_pool,
+    )
     net.point_head.requires_grad_(cfg.lam > 0)
     net.attention_head.requires_grad_(cfg.mu > 0)
     return net
@@ -426,8 +480,10 @@ def make_optimizer(net: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     params = [p for p in net.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
@@ -517,12 +573,16 @@ def luab_loss(
 ) -> dict[str, torch.Tensor]:
     """``loss`` = ce + λ·point + μ·attention; a term with weight 0 is not even computed, so
     the baseline's loss is the cross-entropy itself, bit for bit."""
-    terms = {"ce": classification_loss(out["logits"].float(), batch.labels, cfg.label_smoothing,
-                                       multilabel)}  # fmt: skip
+    terms = {
+        "ce": classification_loss(
+            out["logits"].float(), batch.labels, cfg.label_smoothing, multilabel
+        )
+    }
     loss = terms["ce"]
     if cfg.lam > 0:
-        terms["point"] = point_loss(out["points"].float(), batch.points, batch.point_weights,
-                                    cfg.point_loss)  # fmt: skip
+        terms["point"] = point_loss(
+            out["points"].float(), batch.points, batch.point_weights, cfg.point_loss
+        )
         loss = loss + cfg.lam * terms["point"]
     if cfg.mu > 0:
         maps = batch.maps[:, cfg.att_channels] if cfg.att_channels else batch.maps
@@ -536,9 +596,14 @@ def luab_loss(
 
 
 def train_step(
-    model: nn.Module, opt: torch.optim.Optimizer, batch: Batch, cfg: Config, info: DataInfo,
-    rt: Runtime, lr: float,
-) -> dict[str, torch.Tensor]:  # fmt: skip
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    batch: Batch,
+    cfg: Config,
+    info: DataInfo,
+    rt: Runtime,
+    lr: float,
+) -> dict[str, torch.Tensor]:
     """One SGD step; returns the detached loss terms (no host sync here)."""
     for group in opt.param_groups:
         group["lr"] = lr
@@ -553,9 +618,16 @@ def train_step(
 
 
 def train_epoch(
-    model: nn.Module, opt: torch.optim.Optimizer, loader: Any, epoch: int, cfg: Config,
-    info: DataInfo, rt: Runtime, log: MetricsLog, ema: EMA | None,
-) -> dict[str, float]:  # fmt: skip
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    loader: Any,
+    epoch: int,
+    cfg: Config,
+    info: DataInfo,
+    rt: Runtime,
+    log: MetricsLog,
+    ema: EMA | None,
+) -> dict[str, float]:
     """One pass; the learning rate moves every step. Returns mean terms and images/s."""
     model.train()
     iters, seen, sums = len(loader), 0, {}
@@ -636,8 +708,9 @@ def peak_point(maps: torch.Tensor) -> torch.Tensor:
     return torch.stack([(flat % w + 0.5) / w, (flat // w + 0.5) / h], 1).float()
 
 
-def in_object(points: torch.Tensor, crop: torch.Tensor, flips: torch.Tensor,
-              objects: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def in_object(
+    points: torch.Tensor, crop: torch.Tensor, flips: torch.Tensor, objects: torch.Tensor
+) -> torch.Tensor:
     """Crop-coordinate points -> whole-image coordinates (undoing flip and crop); inside the
     object box (inclusive)?"""
     x = torch.where(flips, 1 - points[:, 0], points[:, 0])
@@ -715,12 +788,18 @@ def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float
 # ============================================================================== checkpoints, log
 
 
-def save_checkpoint(path: Path, net: LuabNet, opt: torch.optim.Optimizer, ema: EMA | None,
-                    epoch: int, cfg: Config) -> None:  # fmt: skip
+def save_checkpoint(
+    path: Path, net: LuabNet, opt: torch.optim.Optimizer, ema: EMA | None, epoch: int, cfg: Config
+) -> None:
     """Atomic: a crash while writing leaves the previous checkpoint."""
-    state = {"epoch": epoch, "model": net.state_dict(), "optimizer": opt.state_dict(),
-             "ema": ema.net.state_dict() if ema else None, "config": asdict(cfg),
-             "torch_rng": torch.get_rng_state()}  # fmt: skip
+    state = {
+        "epoch": epoch,
+        "model": net.state_dict(),
+        "optimizer": opt.state_dict(),
+        "ema": ema.net.state_dict() if ema else None,
+        "config": asdict(cfg),
+        "torch_rng": torch.get_rng_state(),
+    }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -776,8 +855,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = torch.compile(model)
     map_side = cfg.map_size or cfg.max_res // net.stride
     evals = make_eval_sets(cfg, info, rt)
-    log.write("start", config=asdict(cfg), world=rt.world, device=str(rt.device),
-              params=sum(p.numel() for p in net.parameters()), start_epoch=start)  # fmt: skip
+    log.write(
+        "start",
+        config=asdict(cfg),
+        world=rt.world,
+        device=str(rt.device),
+        params=sum(p.numel() for p in net.parameters()),
+        start_epoch=start,
+    )
     loader, loader_res, summary, stats = None, None, {}, {}
     for epoch in range(start, cfg.epochs):
         res = resolution(epoch, cfg)
@@ -786,8 +871,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         loader.set_epoch(epoch)
         stats = train_epoch(model, opt, loader, epoch, cfg, info, rt, log, ema)
         log.write("epoch", epoch=epoch, res=res, **stats)
-        _say(rt, f"epoch {epoch:3d}  res {res}  loss {stats.get('loss', 0):.4f}  "
-                 f"{stats['images_per_s']:,.0f} img/s")  # fmt: skip
+        _say(
+            rt,
+            f"epoch {epoch:3d}  res {res}  loss {stats.get('loss', 0):.4f}  "
+            f"{stats['images_per_s']:,.0f} img/s",
+        )
         last = epoch + 1 == cfg.epochs
         if evals and (last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
             summary = evaluate_all(ema.net if ema else net, evals, epoch, cfg, info, rt, log)
@@ -795,14 +883,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             save_checkpoint(out / "checkpoint.pt", net, opt, ema, epoch, cfg)
         if cfg.stop_after_epoch and epoch + 1 >= cfg.stop_after_epoch:
             break
-    final = {"train": stats, **summary, "cpu_s": time.process_time(),
-             "wall_s": time.perf_counter() - wall_start}  # fmt: skip
+    final = {
+        "train": stats,
+        **summary,
+        "cpu_s": time.process_time(),
+        "wall_s": time.perf_counter() - wall_start,
+    }
     log.write("final", **final)
     return final
 
 
-def evaluate_all(net: LuabNet, evals: list[EvalSet], epoch: int, cfg: Config, info: DataInfo,
-                 rt: Runtime, log: MetricsLog) -> dict[str, dict]:  # fmt: skip
+def evaluate_all(
+    net: LuabNet,
+    evals: list[EvalSet],
+    epoch: int,
+    cfg: Config,
+    info: DataInfo,
+    rt: Runtime,
+    log: MetricsLog,
+) -> dict[str, dict]:
     results = {}
     for data in evals:
         metrics = evaluate(net, data, cfg, info, rt)

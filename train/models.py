@@ -84,9 +84,11 @@ class ResNet(nn.Module):
         c = widths[0]
         if stem == "imagenet":
             self.stem = nn.Sequential(
-                nn.Conv2d(3, c, 7, 2, 3, bias=False), _bn(c), nn.ReLU(inplace=True),
+                nn.Conv2d(3, c, 7, 2, 3, bias=False),
+                _bn(c),
+                nn.ReLU(inplace=True),
                 nn.MaxPool2d(3, 2, 1),
-            )  # fmt: skip
+            )
             self.stride = 4
         else:
             self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 2, 1, bias=False), _bn(c), nn.ReLU(True))

@@ -94,11 +94,26 @@ def write_indexed(
         work.put(order[start : start + chunk_size])
     for _ in range(workers):
         work.put(None)
-    job = (work, writer.metadata_sm, writer.metadata_type, fields, allocator, done, results,
-           dataset)  # fmt: skip
+    job = (
+        work,
+        writer.metadata_sm,
+        writer.metadata_type,
+        fields,
+        allocator,
+        done,
+        results,
+        dataset,
+    )
     build = os.getpid()
-    procs = [ctx.Process(target=_worker, args=(build, worker_job_indexed_dataset, job),
-                         daemon=True, name=f"ffcv-writer-{w}") for w in range(workers)]  # fmt: skip
+    procs = [
+        ctx.Process(
+            target=_worker,
+            args=(build, worker_job_indexed_dataset, job),
+            daemon=True,
+            name=f"ffcv-writer-{w}",
+        )
+        for w in range(workers)
+    ]
     finished = False
     try:
         for p in procs:
@@ -156,8 +171,10 @@ def _supervise(procs: list, results: Any, done: Any, total: int, progress: Any) 
             progress.update(int(done.value) - progress.n)
         for p in procs:
             if p.exitcode not in (None, 0):
-                raise WriterProcessDied(f"FFCV writer process {p.pid} ({p.name}) died with "
-                                        f"{_describe_exit(p.exitcode)}; see its error above")
+                raise WriterProcessDied(
+                    f"FFCV writer process {p.pid} ({p.name}) died with "
+                    f"{_describe_exit(p.exitcode)}; see its error above"
+                )
         if reported < len(procs) and all(p.exitcode == 0 for p in procs) and results.empty():
             time.sleep(_POLL_S)  # exited cleanly: its result may still be in the pipe
             if results.empty():

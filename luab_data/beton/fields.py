@@ -25,8 +25,15 @@ from luab_data.records import COCO_AB
 
 BETON_FORMAT = 1  # version of the field layout described above
 IMAGE, LABEL, LABELS, MAP, POINT, TRACE, SIZE, INDEX = (
-    "image", "label", "labels", "map", "point", "trace", "size", "index",
-)  # fmt: skip
+    "image",
+    "label",
+    "labels",
+    "map",
+    "point",
+    "trace",
+    "size",
+    "index",
+)
 WRITE_MODES = ("raw", "jpg", "smart", "proportion")
 JPEG_MODE, RAW_MODE = 0, 1  # FFCV's IMAGE_MODES: the `mode` of an image's metadata
 
@@ -87,9 +94,12 @@ def make_fields(options: BetonOptions, n_labels: int) -> dict[str, Any]:
     """The FFCV fields of a file, in their order (see the module docstring)."""
     from ffcv.fields import IntField, NDArrayField, RGBImageField  # 5 s: not at CLI start
 
-    image = RGBImageField(write_mode=options.write_mode, max_resolution=options.max_resolution,
-                          jpeg_quality=options.jpeg_quality,
-                          compress_probability=options.compress_probability)  # fmt: skip
+    image = RGBImageField(
+        write_mode=options.write_mode,
+        max_resolution=options.max_resolution,
+        jpeg_quality=options.jpeg_quality,
+        compress_probability=options.compress_probability,
+    )
     out: dict[str, Any] = {IMAGE: image}
     if n_labels:
         out[LABELS] = NDArrayField(np.dtype("uint8"), (n_labels,))

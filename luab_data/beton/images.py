@@ -90,25 +90,32 @@ def _other_size(data: bytes) -> tuple[int, int]:
         raise ImageProblem("not an image in a known format") from None
 
 
-def size_problem(declared: tuple[int, int], record: tuple[int, int] | None, max_pixels: int,
-                 tolerance: float) -> str | None:  # fmt: skip
+def size_problem(
+    declared: tuple[int, int], record: tuple[int, int] | None, max_pixels: int, tolerance: float
+) -> str | None:
     """Why a declared size is refused (too many pixels, or not the record's size), else None.
     Each side may differ from the record's by `tolerance` of it plus SIZE_SLACK_PX pixels."""
     width, height = declared
     if width <= 0 or height <= 0:
         return f"declares {width}x{height} pixels"
     if width * height > max_pixels:
-        return (f"declares {width}x{height} = {width * height / 1e6:.0f} M pixels, above the "
-                f"limit of {max_pixels / 1e6:g} M (--max-pixels)")  # fmt: skip
+        return (
+            f"declares {width}x{height} = {width * height / 1e6:.0f} M pixels, above the "
+            f"limit of {max_pixels / 1e6:g} M (--max-pixels)"
+        )
     if record is None or min(record) <= 0:
         return None
-    if all(abs(got - want) <= tolerance * want + SIZE_SLACK_PX
-           for got, want in zip(declared, record, strict=True)):  # fmt: skip
+    if all(
+        abs(got - want) <= tolerance * want + SIZE_SLACK_PX
+        for got, want in zip(declared, record, strict=True)
+    ):
         return None
     turned = (height, width) == tuple(record)
     note = " (turned by 90 degrees: EXIF orientation is ignored)" if turned else ""
-    return (f"declares {width}x{height} pixels, the record says {record[0]}x{record[1]}"
-            f"{note}; tolerance {tolerance:g} per side (--size-tolerance)")  # fmt: skip
+    return (
+        f"declares {width}x{height} pixels, the record says {record[0]}x{record[1]}"
+        f"{note}; tolerance {tolerance:g} per side (--size-tolerance)"
+    )
 
 
 def max_file_bytes(max_pixels: int) -> int:
@@ -123,8 +130,9 @@ def read_image(path: Path, max_pixels: int) -> bytes:
     return path.read_bytes()
 
 
-def check_image(data: bytes, record: tuple[int, int] | None, max_pixels: int,
-                tolerance: float) -> tuple[int, int]:  # fmt: skip
+def check_image(
+    data: bytes, record: tuple[int, int] | None, max_pixels: int, tolerance: float
+) -> tuple[int, int]:
     """The declared size of an image that may be decoded; ImageProblem with the reason if not."""
     if len(data) > max_file_bytes(max_pixels):
         raise ImageProblem(f"file of {len(data):,} bytes, above {max_file_bytes(max_pixels):,}")

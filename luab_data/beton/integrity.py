@@ -96,18 +96,32 @@ def check_beton(path: str | Path, manifest: dict | None = None) -> Layout:
     data_start = metadata_start + n * meta_type.itemsize
     alloc_ptr = int(header["alloc_table_ptr"])
     if not data_start <= alloc_ptr <= size:
-        raise BetonError(f"{path}: damaged header or cut short: {n:,} samples need "
-                         f"{data_start:,} bytes of tables, the allocation table is said to "
-                         f"start at {alloc_ptr:,}, the file has {size:,}")  # fmt: skip
+        raise BetonError(
+            f"{path}: damaged header or cut short: {n:,} samples need "
+            f"{data_start:,} bytes of tables, the allocation table is said to "
+            f"start at {alloc_ptr:,}, the file has {size:,}"
+        )
     if (size - alloc_ptr) % ALLOC_TABLE_TYPE.itemsize:
-        raise BetonError(f"{path}: cut short or extended: the allocation table at "
-                         f"{alloc_ptr:,} does not end on an entry at the file's end "
-                         f"({size:,} bytes)")  # fmt: skip
+        raise BetonError(
+            f"{path}: cut short or extended: the allocation table at "
+            f"{alloc_ptr:,} does not end on an entry at the file's end "
+            f"({size:,} bytes)"
+        )
     metadata = np.fromfile(path, meta_type, count=n, offset=metadata_start)
     metadata.setflags(write=False)
     alloc = np.fromfile(path, ALLOC_TABLE_TYPE, offset=alloc_ptr)
-    layout = Layout(path, size, n, int(header["page_size"]), metadata_start, data_start,
-                    alloc_ptr, handlers, metadata, alloc)  # fmt: skip
+    layout = Layout(
+        path,
+        size,
+        n,
+        int(header["page_size"]),
+        metadata_start,
+        data_start,
+        alloc_ptr,
+        handlers,
+        metadata,
+        alloc,
+    )
     _check_allocations(layout)
     _check_pointers(layout)
     return layout
@@ -133,8 +147,10 @@ def _header(path: Path, head: bytes, size: int) -> np.void:
         raise BetonError(f"{path}: {size:,} bytes, too short for a .beton header")
     header = np.frombuffer(head, HeaderType, count=1)[0]
     if header["version"] != CURRENT_VERSION:
-        raise BetonError(f"{path}: not an FFCV .beton, or its header is damaged (format "
-                         f"version {header['version']}, expected {CURRENT_VERSION})")  # fmt: skip
+        raise BetonError(
+            f"{path}: not an FFCV .beton, or its header is damaged (format "
+            f"version {header['version']}, expected {CURRENT_VERSION})"
+        )
     fields_ = int(header["num_fields"])
     if not 1 <= fields_ <= MAX_FIELDS:
         raise BetonError(f"{path}: damaged header: {fields_} fields")
@@ -173,21 +189,27 @@ def _check_allocations(layout: Layout) -> None:
     alloc, path = layout.alloc_table, layout.path
     ids, ptr, size = (alloc[k].astype(np.uint64) for k in ("sample_id", "ptr", "size"))
     if len(ids) and ids.max() >= layout.num_samples:
-        raise BetonError(f"{path}: damaged allocation table: sample id {int(ids.max()):,} "
-                         f"of {layout.num_samples:,} samples")  # fmt: skip
+        raise BetonError(
+            f"{path}: damaged allocation table: sample id {int(ids.max()):,} "
+            f"of {layout.num_samples:,} samples"
+        )
     inside = (ptr >= layout.data_start) & (ptr <= layout.alloc_ptr)
     inside &= size <= np.uint64(layout.alloc_ptr) - np.minimum(ptr, np.uint64(layout.alloc_ptr))
     if not inside.all():
         at = int(np.argmin(inside))
-        raise BetonError(f"{path}: damaged allocation table: entry {at:,} ({int(ptr[at]):,}, "
-                         f"{int(size[at]):,} bytes) lies outside the data pages")  # fmt: skip
+        raise BetonError(
+            f"{path}: damaged allocation table: entry {at:,} ({int(ptr[at]):,}, "
+            f"{int(size[at]):,} bytes) lies outside the data pages"
+        )
     per_sample = _allocating(layout.handlers)
     if per_sample is not None:
         counts = np.bincount(ids.astype(np.int64), minlength=layout.num_samples)
         if len(counts) and (counts != per_sample).any():
             at = int(np.argmax(counts != per_sample))
-            raise BetonError(f"{path}: damaged allocation table: sample {at:,} has "
-                             f"{int(counts[at])} regions, expected {per_sample}")  # fmt: skip
+            raise BetonError(
+                f"{path}: damaged allocation table: sample {at:,} has "
+                f"{int(counts[at])} regions, expected {per_sample}"
+            )
 
 
 def _check_pointers(layout: Layout) -> None:
@@ -197,8 +219,7 @@ def _check_pointers(layout: Layout) -> None:
         if isinstance(handler, RGBImageField):
             ptr, need = column["data_ptr"], 1
             if len(column) and ((column["width"] == 0) | (column["height"] == 0)).any():
-                raise BetonError(f"{layout.path}: damaged metadata: an image of size 0 in "
-                                 f"{name!r}")  # fmt: skip
+                raise BetonError(f"{layout.path}: damaged metadata: an image of size 0 in {name!r}")
         elif isinstance(handler, NDArrayField):
             ptr = column
             need = int(np.prod(handler.shape)) * handler.dtype.itemsize
@@ -208,8 +229,10 @@ def _check_pointers(layout: Layout) -> None:
         ok = (ptr >= layout.data_start) & (ptr <= max(last, 0)) & (last >= 0)
         if not ok.all():
             at = int(np.argmin(ok))
-            raise BetonError(f"{layout.path}: damaged metadata: sample {at:,} of {name!r} "
-                             f"points at {int(ptr[at]):,}, outside the data pages")  # fmt: skip
+            raise BetonError(
+                f"{layout.path}: damaged metadata: sample {at:,} of {name!r} "
+                f"points at {int(ptr[at]):,}, outside the data pages"
+            )
 
 
 # ---------------------------------------------------------------- checksums
@@ -224,8 +247,10 @@ def _sha256_file(path: Path) -> str:
 
 
 def _region_sums(layout: Layout, view: memoryview) -> dict[str, str]:
-    regions = {"header": (0, layout.metadata_start),
-               "allocation_table": (layout.alloc_ptr, layout.size)}  # fmt: skip
+    regions = {
+        "header": (0, layout.metadata_start),
+        "allocation_table": (layout.alloc_ptr, layout.size),
+    }
     return {k: hashlib.sha256(view[a:b]).hexdigest() for k, (a, b) in regions.items()}
 
 
@@ -233,8 +258,13 @@ def sample_crc32(layout: Layout, view: memoryview) -> np.ndarray:
     """CRC-32 of each sample's metadata row followed by its regions in file order."""
     row = layout.metadata.dtype.itemsize
     start = layout.metadata_start
-    crcs = np.array([zlib.crc32(view[start + i * row : start + (i + 1) * row])
-                     for i in range(layout.num_samples)], np.uint32)  # fmt: skip
+    crcs = np.array(
+        [
+            zlib.crc32(view[start + i * row : start + (i + 1) * row])
+            for i in range(layout.num_samples)
+        ],
+        np.uint32,
+    )
     alloc = layout.alloc_table
     order = np.lexsort((alloc["ptr"], alloc["sample_id"]))
     for sid, ptr, size in alloc[order].tolist():
@@ -298,8 +328,10 @@ def _locate(out: Integrity, layout: Layout, view: memoryview, sums: dict) -> Non
     regions = _region_sums(layout, view)
     for name, digest in regions.items():
         if digest != sums.get("regions", {}).get(name):
-            out.fatal = (f"{layout.path}: the {name.replace('_', ' ')} is damaged "
-                         f"(its SHA-256 differs from the manifest's)")  # fmt: skip
+            out.fatal = (
+                f"{layout.path}: the {name.replace('_', ' ')} is damaged "
+                f"(its SHA-256 differs from the manifest's)"
+            )
             return
     try:
         want = np.frombuffer(base64.b64decode(sums.get("samples_crc32", "")), "<u4")
@@ -310,5 +342,7 @@ def _locate(out: Integrity, layout: Layout, view: memoryview, sums: dict) -> Non
         return
     out.damaged = np.flatnonzero(sample_crc32(layout, view) != want).tolist()
     if not out.damaged:
-        out.problems.append("the file's SHA-256 differs from the manifest's, in bytes between "
-                            "samples (page padding)")  # fmt: skip
+        out.problems.append(
+            "the file's SHA-256 differs from the manifest's, in bytes between "
+            "samples (page padding)"
+        )

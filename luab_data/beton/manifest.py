@@ -38,9 +38,16 @@ def read_manifest(beton: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def make_manifest(final: Path, written: Path, keys: Sequence[str], source: Source,
-                  metadata: dict, options: BetonOptions, images: Path | None,
-                  summary: dict) -> dict:  # fmt: skip
+def make_manifest(
+    final: Path,
+    written: Path,
+    keys: Sequence[str],
+    source: Source,
+    metadata: dict,
+    options: BetonOptions,
+    images: Path | None,
+    summary: dict,
+) -> dict:
     """The manifest of `written` (the file as packed, before it is renamed to `final`):
     its checksums and counts are read back from the file itself."""
     # FFCV (through BetonFile) takes seconds to import: not at CLI start
@@ -50,9 +57,12 @@ def make_manifest(final: Path, written: Path, keys: Sequence[str], source: Sourc
     fields_ = make_fields(options, label_width(metadata))
     beton = BetonFile(written)
     modes = beton.metadata(IMAGE)["mode"]
-    counts = {"samples": len(beton), "jpeg": int((modes == JPEG_MODE).sum()),
-              "raw": int((modes != JPEG_MODE).sum()),
-              **_byproduct_counts(beton, options)}  # fmt: skip
+    counts = {
+        "samples": len(beton),
+        "jpeg": int((modes == JPEG_MODE).sum()),
+        "raw": int((modes != JPEG_MODE).sum()),
+        **_byproduct_counts(beton, options),
+    }
     return {
         "format": "luab-beton",
         "beton_format": BETON_FORMAT,
@@ -76,8 +86,10 @@ def _byproduct_counts(beton: Any, options: BetonOptions) -> dict:
         return {}
     points = beton.arrays(POINT).reshape(len(beton), -1, 2)
     traces = beton.arrays(TRACE)
-    return {"with_point": int((points[..., 0] >= 0).any(axis=1).sum()),
-            "with_trace": int((traces[:, 0, 0] >= 0).sum())}  # fmt: skip
+    return {
+        "with_point": int((points[..., 0] >= 0).any(axis=1).sum()),
+        "with_trace": int((traces[:, 0, 0] >= 0).sum()),
+    }
 
 
 def describe_source(source: Source) -> dict:
@@ -91,5 +103,9 @@ def describe_source(source: Source) -> dict:
             head = hashlib.sha256(f.read(1 << 20)).hexdigest()
         return {**out, "size": stat.st_size, "mtime": int(stat.st_mtime), "sha256_first_mib": head}
     stats = [p.stat() for p in path.rglob("*") if p.is_file()]
-    return {**out, "files": len(stats), "size": sum(s.st_size for s in stats),
-            "mtime": int(max((s.st_mtime for s in stats), default=0))}  # fmt: skip
+    return {
+        **out,
+        "files": len(stats),
+        "size": sum(s.st_size for s in stats),
+        "mtime": int(max((s.st_mtime for s in stats), default=0)),
+    }

@@ -31,8 +31,18 @@ from luab_data.beton.paths import manifest_path, rejects_path
 
 COPY_CHUNK = 64 << 20
 # Manifest entries that differ between the shards of one build (everything else must agree).
-PER_SHARD = {"file", "bytes", "checksums", "counts", "summary", "rejects_file", "keys", "source",
-             "images", "merged_from"}  # fmt: skip
+PER_SHARD = {
+    "file",
+    "bytes",
+    "checksums",
+    "counts",
+    "summary",
+    "rejects_file",
+    "keys",
+    "source",
+    "images",
+    "merged_from",
+}
 
 
 class MergeError(ValueError):
@@ -61,8 +71,10 @@ def read_manifests(shards: Sequence[Path]) -> list[dict]:
     out = []
     for shard in shards:
         if not manifest_path(shard).is_file():
-            raise MergeError(f"{shard}: no manifest ({manifest_path(shard).name}): an unfinished "
-                             "build; finish or rebuild that shard first")  # fmt: skip
+            raise MergeError(
+                f"{shard}: no manifest ({manifest_path(shard).name}): an unfinished "
+                "build; finish or rebuild that shard first"
+            )
         out.append(read_manifest(shard))
     return out
 
@@ -77,8 +89,11 @@ def _same_build(manifest: dict) -> dict:
 
 def _differences(a: Any, b: Any, where: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b))
-                for d in _differences(a.get(k), b.get(k), f"{where}.{k}" if where else k)]
+        return [
+            d
+            for k in sorted(set(a) | set(b))
+            for d in _differences(a.get(k), b.get(k), f"{where}.{k}" if where else k)
+        ]
     return [] if a == b else [f"{where}: {_short(a)} vs {_short(b)}"]
 
 
@@ -92,8 +107,9 @@ def check_shards(shards: Sequence[Path], manifests: Sequence[dict]) -> None:
     reference = _same_build(manifests[0])
     for shard, manifest in zip(shards[1:], manifests[1:], strict=True):
         if diff := _differences(reference, _same_build(manifest)):
-            raise MergeError(f"{shard} is not from the same build as {shards[0]}: "
-                             + "; ".join(diff[:5]))  # fmt: skip
+            raise MergeError(
+                f"{shard} is not from the same build as {shards[0]}: " + "; ".join(diff[:5])
+            )
     _check_set(shards, [tuple(m["build"]["shard"]) for m in manifests])
     _check_keys(shards, manifests)
 
@@ -112,8 +128,10 @@ def _check_set(shards: Sequence[Path], tags: Sequence[tuple[int, int]]) -> None:
     if missing := sorted(set(range(n)) - set(seen)):
         stem = shards[0].name.split("-")[0]
         names = ", ".join(f"{i}/{n} ({stem}-{i:05d}-of-{n:05d}.beton)" for i in missing[:10])
-        raise MergeError(f"missing shard{'s' * (len(missing) > 1)} of the {n}-shard build: "
-                         f"{names}{' ...' if len(missing) > 10 else ''}")
+        raise MergeError(
+            f"missing shard{'s' * (len(missing) > 1)} of the {n}-shard build: "
+            f"{names}{' ...' if len(missing) > 10 else ''}"
+        )
 
 
 def _check_keys(shards: Sequence[Path], manifests: Sequence[dict]) -> None:
@@ -193,8 +211,9 @@ def write_merged(tmp: Path, layouts: Sequence[Layout]) -> None:
         os.fsync(out.fileno())
 
 
-def merged_manifest(out: Path, tmp: Path, shards: Sequence[Path], manifests: Sequence[dict],
-                     seconds: float) -> dict:  # fmt: skip
+def merged_manifest(
+    out: Path, tmp: Path, shards: Sequence[Path], manifests: Sequence[dict], seconds: float
+) -> dict:
     first = manifests[0]
     counts: dict[str, int] = {}
     for m in manifests:
@@ -213,12 +232,16 @@ def merged_manifest(out: Path, tmp: Path, shards: Sequence[Path], manifests: Seq
         "build": {**first["build"], "shard": [0, 1]},
         "metadata": {**first["metadata"], "shard": [0, 1]},
         "counts": counts,
-        "summary": {"records": counts.get("samples", 0), "rejects": rejects,
-                    "seconds": seconds},  # fmt: skip
+        "summary": {"records": counts.get("samples", 0), "rejects": rejects, "seconds": seconds},
         "rejects_file": rejects_path(out).name,
-        "merged_from": [{"file": s.name, "shard": [m["build"]["shard"][0], n],
-                         "sha256": m.get("checksums", {}).get("sha256"),
-                         "samples": len(m["keys"])}
-                        for s, m in zip(shards, manifests, strict=True)],
+        "merged_from": [
+            {
+                "file": s.name,
+                "shard": [m["build"]["shard"][0], n],
+                "sha256": m.get("checksums", {}).get("sha256"),
+                "samples": len(m["keys"]),
+            }
+            for s, m in zip(shards, manifests, strict=True)
+        ],
         "keys": [k for m in manifests for k in m["keys"]],
     }

@@ -1,8 +1,8 @@
 """The files of one .beton build (`X.beton`, or `X-<i>-of-<n>.beton` with --shard i/n):
 
-  X.beton                 renamed into place from X.beton.tmp once complete
-  X.beton.rejects.jsonl   rejected records (key, reason, detail, where)
-  X.beton.json            the manifest, written last: its presence marks the shard complete
+X.beton                 renamed into place from X.beton.tmp once complete
+X.beton.rejects.jsonl   rejected records (key, reason, detail, where)
+X.beton.json            the manifest, written last: its presence marks the shard complete
 """
 
 from __future__ import annotations
@@ -43,13 +43,17 @@ def refuse_shards(path: str | Path) -> None:
         shards = sorted(p for p in path.glob("*.beton") if _SHARD_NAME.fullmatch(p.name))
         if shards:
             merged = path / "merged.beton"
-            raise ShardsNotMerged(f"{path} is a folder of {len(shards)} shards, not a dataset: "
-                                  f"join them first with `luab-data merge {merged} {path}`")
+            raise ShardsNotMerged(
+                f"{path} is a folder of {len(shards)} shards, not a dataset: "
+                f"join them first with `luab-data merge {merged} {path}`"
+            )
         return
     match = _SHARD_NAME.fullmatch(path.name)
     if match and int(match.group(2)) > 1:
         joined = path.with_name(path.name[: match.start(1) - 1] + ".beton")
         pattern = path.parent / (joined.stem + "-*-of-*.beton")
-        raise ShardsNotMerged(f"{path} is shard {int(match.group(1))}/{int(match.group(2))} of "
-                              f"a sharded build: join the shards first with `luab-data merge "
-                              f"{joined} {pattern}`")
+        raise ShardsNotMerged(
+            f"{path} is shard {int(match.group(1))}/{int(match.group(2))} of "
+            f"a sharded build: join the shards first with `luab-data merge "
+            f"{joined} {pattern}`"
+        )

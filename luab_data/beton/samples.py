@@ -62,8 +62,13 @@ def block_arrays(table: pa.Table, start: int, options: BetonOptions, n_labels: i
 
     images = table.column("jpeg" if "jpeg" in table.column_names else "image").to_pylist()
     sizes = [table.column(c).to_numpy(zero_copy_only=False) for c in ("width", "height")]
-    block = Block(start, _labels(table, n_labels), images, table.column("key").to_pylist(),
-                  sizes=np.ascontiguousarray(np.stack(sizes, axis=1), np.int32))  # fmt: skip
+    block = Block(
+        start,
+        _labels(table, n_labels),
+        images,
+        table.column("key").to_pylist(),
+        sizes=np.ascontiguousarray(np.stack(sizes, axis=1), np.int32),
+    )
     if not options.byproducts:
         return block
     cfg = options.raster
@@ -103,8 +108,16 @@ class PackSamples:
     flagged samples (bad images) or raises (anything else).
     """
 
-    def __init__(self, spill: Path, n: int, fields_: dict[str, Any], options: BetonOptions,
-                 images: Path | None, n_labels: int, keep: np.ndarray) -> None:  # fmt: skip
+    def __init__(
+        self,
+        spill: Path,
+        n: int,
+        fields_: dict[str, Any],
+        options: BetonOptions,
+        images: Path | None,
+        n_labels: int,
+        keep: np.ndarray,
+    ) -> None:
         self.spill, self.n, self.fields = spill, n, fields_
         self.options, self.images, self.n_labels = options, images, n_labels
         self.position = np.full(n, -1, np.int64)  # source record -> position in the file
@@ -148,11 +161,21 @@ class PackSamples:
         except (OSError, ValueError, cv2.error):
             self.failures[index] = FAILED_IMAGE
             image = np.zeros((8, 8, 3), np.uint8)
-        values = {IMAGE: image, LABEL: block.labels[r], LABELS: block.labels[r],
-                  INDEX: self.position[index]}  # fmt: skip
+        values = {
+            IMAGE: image,
+            LABEL: block.labels[r],
+            LABELS: block.labels[r],
+            INDEX: self.position[index],
+        }
         if self.options.byproducts:
-            values.update({MAP: block.maps[r], POINT: block.points[r],
-                           TRACE: block.traces[r], SIZE: block.sizes[r]})  # fmt: skip
+            values.update(
+                {
+                    MAP: block.maps[r],
+                    POINT: block.points[r],
+                    TRACE: block.traces[r],
+                    SIZE: block.sizes[r],
+                }
+            )
         return tuple(values[name] for name in self.fields)
 
     def placeholder(self, index: int) -> tuple:
@@ -168,8 +191,9 @@ class PackSamples:
         size) before it was decoded: memory stays bounded whatever a file declares."""
         opts = self.options
         data = self._image_bytes(ref)
-        check_image(data, (int(record_size[0]), int(record_size[1])), opts.max_pixels,
-                    opts.size_tolerance)  # fmt: skip
+        check_image(
+            data, (int(record_size[0]), int(record_size[1])), opts.max_pixels, opts.size_tolerance
+        )
         return decode_rgb(data)
 
     def image_problem(self, index: int) -> Reject:

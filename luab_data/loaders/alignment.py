@@ -154,8 +154,9 @@ def batch_arrays(batch) -> dict[str, np.ndarray]:
     return out
 
 
-def check_contract(b: dict, i: int, sample: MarkedSample, size, seed: int, epoch: int,
-                   train: bool = True) -> None:  # fmt: skip
+def check_contract(
+    b: dict, i: int, sample: MarkedSample, size, seed: int, epoch: int, train: bool = True
+) -> None:
     """Reported crop = geometry's crop; point target = geometry's transform of the point; the
     map's x-ramp channel falls exactly when the sample was mirrored."""
     from luab_data import geometry as geo
@@ -170,8 +171,9 @@ def check_contract(b: dict, i: int, sample: MarkedSample, size, seed: int, epoch
     assert (ramp[:, -1].mean() < ramp[:, 0].mean()) == flip
 
 
-def alignment_errors(b: dict, i: int, sample: MarkedSample, size, image_hw, map_hw
-                     ) -> tuple[float | None, float]:  # fmt: skip
+def alignment_errors(
+    b: dict, i: int, sample: MarkedSample, size, image_hw, map_hw
+) -> tuple[float | None, float]:
     """(marker-to-target px, None when the blob is clipped by the crop; map-peak-to-target
     cells) for sample i of a batch_arrays() batch."""
     from luab_data import geometry as geo
@@ -194,9 +196,17 @@ class Measured:
     boxes: dict  # (epoch, index) -> reported box
 
 
-def augment_and_measure(loader, samples: list[MarkedSample], sizes, seed: int, image_hw,
-                        map_hw, batch_size: int, epochs: int = 20, on_batch=None
-                        ) -> Measured:  # fmt: skip
+def augment_and_measure(
+    loader,
+    samples: list[MarkedSample],
+    sizes,
+    seed: int,
+    image_hw,
+    map_hw,
+    batch_size: int,
+    epochs: int = 20,
+    on_batch=None,
+) -> Measured:
     """Run a training loader for `epochs`, check every sample's contract and collect the
     marker and map-peak errors of those with a valid point. `on_batch(batch)` checks the
     tensors themselves (dtype, layout) before conversion."""

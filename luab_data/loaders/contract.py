@@ -106,9 +106,18 @@ class CropSettings:
 
     def crop(self, width: int, height: int, epoch: int, index: int) -> tuple:
         """((top, left, h, w) pixels, normalised box, flip) of one sample in ``epoch``."""
-        return geo.crop_box(width, height, self.seed, epoch, index, train=self.train,
-                            scale=self.scale, ratio=self.ratio, flip_p=self.flip_p,
-                            center_ratio=self.center_ratio)  # fmt: skip
+        return geo.crop_box(
+            width,
+            height,
+            self.seed,
+            epoch,
+            index,
+            train=self.train,
+            scale=self.scale,
+            ratio=self.ratio,
+            flip_p=self.flip_p,
+            center_ratio=self.center_ratio,
+        )
 
 
 @dataclass(frozen=True)
@@ -170,8 +179,14 @@ class LoaderSettings:
 
     @property
     def crop(self) -> CropSettings:
-        return CropSettings(self.train, int(self.seed), tuple(self.scale), tuple(self.ratio),
-                            float(self.flip_p), float(self.center_ratio))  # fmt: skip
+        return CropSettings(
+            self.train,
+            int(self.seed),
+            tuple(self.scale),
+            tuple(self.ratio),
+            float(self.flip_p),
+            float(self.center_ratio),
+        )
 
     def torch_device(self) -> torch.device | None:
         """The device batches go to; None: left where the loader makes them (the CPU)."""
@@ -189,10 +204,15 @@ class LoaderSettings:
     def epoch_order(self, n_samples: int, epoch: int) -> np.ndarray:
         """The samples this rank visits in ``epoch``, cut to whole batches (:func:`epoch_order`)."""
         return epoch_order(
-            self.subset(n_samples), epoch, seed=int(self.seed), shuffle=self.shuffle,
-            rank=self.rank, world_size=self.world_size, batch_size=int(self.batch_size),
+            self.subset(n_samples),
+            epoch,
+            seed=int(self.seed),
+            shuffle=self.shuffle,
+            rank=self.rank,
+            world_size=self.world_size,
+            batch_size=int(self.batch_size),
             drop_last=self.drop_last,
-        )  # fmt: skip
+        )
 
     def subset(self, n_samples: int) -> np.ndarray:
         """The sample indices the loader draws from (``indices`` or all)."""
@@ -201,8 +221,9 @@ class LoaderSettings:
         return np.asarray(self.indices, dtype=np.int64)
 
     def batches_per_epoch(self, n_samples: int) -> int:
-        return num_batches(len(self.subset(n_samples)), int(self.batch_size), self.drop_last,
-                           self.world_size)  # fmt: skip
+        return num_batches(
+            len(self.subset(n_samples)), int(self.batch_size), self.drop_last, self.world_size
+        )
 
 
 KNOBS = tuple(f.name for f in fields(LoaderSettings))
@@ -241,8 +262,9 @@ def epoch_order(
     return np.ascontiguousarray(order[: n * batch_size])
 
 
-def _shard_positions(n: int, epoch: int, seed: int, shuffle: bool, rank: int,
-                     world_size: int) -> np.ndarray:  # fmt: skip
+def _shard_positions(
+    n: int, epoch: int, seed: int, shuffle: bool, rank: int, world_size: int
+) -> np.ndarray:
     if shuffle:
         import torch
 
@@ -281,9 +303,11 @@ def check_batches(n_batches: int, samples: int, batch_size: int, drop_last: bool
     if samples == 0:
         raise ValueError("no samples to load (an empty file or an empty list of indices)")
     if drop_last:
-        raise ValueError(f"batch_size {batch_size:,} exceeds the {samples:,} samples: in "
-                         "training mode (drop_last) no batch would come out; lower batch_size "
-                         "or pass drop_last=False")  # fmt: skip
+        raise ValueError(
+            f"batch_size {batch_size:,} exceeds the {samples:,} samples: in "
+            "training mode (drop_last) no batch would come out; lower batch_size "
+            "or pass drop_last=False"
+        )
     raise ValueError(f"no batch of {batch_size:,} from {samples:,} samples")
 
 
@@ -320,13 +344,22 @@ def refuse_unknown(owner: str, given: dict[str, Any], extras: Sequence[str] = ()
     for name in unknown:
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.6) or _synonym(name)
         hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    raise TypeError(f"{owner}: unknown argument{'s' * (len(unknown) > 1)} {', '.join(hints)}; "
-                    f"it takes {', '.join(known)}")  # fmt: skip
+    raise TypeError(
+        f"{owner}: unknown argument{'s' * (len(unknown) > 1)} {', '.join(hints)}; "
+        f"it takes {', '.join(known)}"
+    )
 
 
-_SYNONYMS = {"num_workers": "workers", "num_threads": "workers", "distributed": "world_size",
-             "shard_id": "rank", "num_shards": "world_size", "device_id": "device",
-             "order": "shuffle", "half": "image_dtype"}  # fmt: skip
+_SYNONYMS = {
+    "num_workers": "workers",
+    "num_threads": "workers",
+    "distributed": "world_size",
+    "shard_id": "rank",
+    "num_shards": "world_size",
+    "device_id": "device",
+    "order": "shuffle",
+    "half": "image_dtype",
+}
 
 
 def _synonym(name: str) -> list[str]:

@@ -101,17 +101,39 @@ def draw_crops(sizes: np.ndarray, indices: np.ndarray, rule: CropSettings, epoch
     n = len(indices)
     crops = Crops(np.empty((n, 4), np.int32), np.empty((n, 4)), np.empty(n, np.bool_))
     _draw_crops(
-        sizes, np.asarray(indices, np.int64), rule.seed, epoch, rule.train, *rule.scale,
-        *rule.ratio, rule.flip_p, rule.center_ratio, crops.pixels, crops.boxes, crops.flips,
-    )  # fmt: skip
+        sizes,
+        np.asarray(indices, np.int64),
+        rule.seed,
+        epoch,
+        rule.train,
+        *rule.scale,
+        *rule.ratio,
+        rule.flip_p,
+        rule.center_ratio,
+        crops.pixels,
+        crops.boxes,
+        crops.flips,
+    )
     return crops
 
 
 @njit(cache=True, nogil=True)
 def _draw_crops(
-    sizes, indices, seed, epoch, train, s_lo, s_hi, r_lo, r_hi, flip_p, center_ratio,
-    pixels, boxes, flips,
-):  # fmt: skip
+    sizes,
+    indices,
+    seed,
+    epoch,
+    train,
+    s_lo,
+    s_hi,
+    r_lo,
+    r_hi,
+    flip_p,
+    center_ratio,
+    pixels,
+    boxes,
+    flips,
+):
     for i in range(indices.shape[0]):
         index = indices[i]
         width, height = sizes[index, 0], sizes[index, 1]
@@ -173,13 +195,20 @@ class BetonBatchSource:
         self.epoch, self._batches, self._cursor = 0, [], 0
 
     def _describe(self) -> tuple[list[str], list[Any], list[str]]:
-        spec = [("encoded", types.UINT8, ""), ("anchor", types.INT32, ""),
-                ("shape", types.INT32, ""), ("mirror", types.INT32, ""),
-                ("boxes", types.FLOAT, "")]  # fmt: skip
+        spec = [
+            ("encoded", types.UINT8, ""),
+            ("anchor", types.INT32, ""),
+            ("shape", types.INT32, ""),
+            ("mirror", types.INT32, ""),
+            ("boxes", types.FLOAT, ""),
+        ]
         if self.has_map:
             map_type = _DALI_TYPES[self.beton.value_dtype(self.names.map)]
-            spec += [("roi_start", types.FLOAT, ""), ("roi_end", types.FLOAT, ""),
-                     ("map", map_type, "CHW")]  # fmt: skip
+            spec += [
+                ("roi_start", types.FLOAT, ""),
+                ("roi_end", types.FLOAT, ""),
+                ("map", map_type, "CHW"),
+            ]
         spec.append(("labels", _DALI_TYPES[self.beton.value_dtype(self.names.label)], ""))
         if self.has_points:
             spec += [("points", types.FLOAT, ""), ("weights", types.FLOAT, "")]
@@ -226,8 +255,9 @@ class BetonBatchSource:
         """Per sample, its JPEG stream (a view of the file) or its raw pixels as a PPM."""
         data, im = self.beton.data, self.images
         out = []
-        for i, ptr, n in zip(indices.tolist(), im.ptr[indices].tolist(),
-                             im.nbytes[indices].tolist(), strict=True):  # fmt: skip
+        for i, ptr, n in zip(
+            indices.tolist(), im.ptr[indices].tolist(), im.nbytes[indices].tolist(), strict=True
+        ):
             region = data[ptr : ptr + n]
             if im.mode[i] == RAW_MODE:
                 region = _ppm(region, int(im.width[i]), int(im.height[i]))
@@ -263,11 +293,18 @@ class GraphOptions:
 @pipeline_def
 def _graph(source: BetonBatchSource, options: GraphOptions, gpu: bool):
     nodes = dict(
-        zip(source.outputs, fn.external_source(
-            source=source, num_outputs=len(source.outputs), batch=True,
-            dtype=source.dtypes, layout=source.layouts,
-        ), strict=True)
-    )  # fmt: skip
+        zip(
+            source.outputs,
+            fn.external_source(
+                source=source,
+                num_outputs=len(source.outputs),
+                batch=True,
+                dtype=source.dtypes,
+                layout=source.layouts,
+            ),
+            strict=True,
+        )
+    )
     outputs = {"images": _images(nodes, options, gpu)}
     if source.has_map:
         outputs["maps"] = _maps(nodes, options, source, gpu)
@@ -291,10 +328,17 @@ def _images(nodes: dict[str, Any], options: GraphOptions, gpu: bool) -> Any:
         decoder_args.setdefault("hw_decoder_load", options.hw_decoder_load)
     # no EXIF rotation: crops are drawn on the stored raster, which is how FFCV decodes it
     images = fn.decoders.image_slice(
-        nodes["encoded"], nodes["anchor"], nodes["shape"], device="mixed" if gpu else "cpu",
-        normalized_anchor=False, normalized_shape=False, axis_names="WH",
-        output_type=types.RGB, adjust_orientation=False, **decoder_args,
-    )  # fmt: skip
+        nodes["encoded"],
+        nodes["anchor"],
+        nodes["shape"],
+        device="mixed" if gpu else "cpu",
+        normalized_anchor=False,
+        normalized_shape=False,
+        axis_names="WH",
+        output_type=types.RGB,
+        adjust_orientation=False,
+        **decoder_args,
+    )
     # linear + antialias: a triangle filter as wide as the scale when shrinking (FFCV uses
     # OpenCV's INTER_AREA box filter; the two differ by a few grey levels on edges)
     images = fn.resize(images, size=list(options.image_size), antialias=True)
@@ -312,9 +356,14 @@ def _maps(nodes: dict[str, Any], options: GraphOptions, source: BetonBatchSource
     """Crop + flip + resample the whole-image map in one resize: (N, C, Ho, Wo) float32."""
     amap = nodes["map"].gpu() if gpu else nodes["map"]
     resized = fn.resize(
-        amap, size=list(options.map_size), roi_start=nodes["roi_start"],
-        roi_end=nodes["roi_end"], roi_relative=True, antialias=True, dtype=types.FLOAT,
-    )  # fmt: skip
+        amap,
+        size=list(options.map_size),
+        roi_start=nodes["roi_start"],
+        roi_end=nodes["roi_end"],
+        roi_relative=True,
+        antialias=True,
+        dtype=types.FLOAT,
+    )
     scale = options.map_scale
     if scale is None:
         stored = source.beton.value_dtype(source.names.map)
@@ -349,8 +398,7 @@ class DaliLoader:
         prefetch_queue_depth: int = 2,
         **knobs: Any,
     ) -> None:
-        s = LoaderSettings.of(type(self).__name__, {"batch_size": batch_size, **knobs},
-                              self.EXTRAS)  # fmt: skip
+        s = LoaderSettings.of(type(self).__name__, {"batch_size": batch_size, **knobs}, self.EXTRAS)
         self.settings, self.rule = s, s.crop
         self.options = _graph_options(s, hw_decoder_load, decoder_options)
         refuse_shards(path)  # a shard or a folder of shards: say to merge them first
@@ -371,10 +419,16 @@ class DaliLoader:
         )
         threads = _default_threads(device_id) if s.workers is None else max(1, s.workers)
         self.pipe = _graph(
-            self.source, self.options, device_id is not None, batch_size=self.batch_size,
-            num_threads=threads, device_id=device_id, prefetch_queue_depth=prefetch_queue_depth,
-            seed=self.rule.seed, exec_dynamic=True,
-        )  # fmt: skip
+            self.source,
+            self.options,
+            device_id is not None,
+            batch_size=self.batch_size,
+            num_threads=threads,
+            device_id=device_id,
+            prefetch_queue_depth=prefetch_queue_depth,
+            seed=self.rule.seed,
+            exec_dynamic=True,
+        )
         self.pipe.build()
         self._next_epoch = 0
         self._live: object | None = None  # token of the epoch the pipeline is running
@@ -496,14 +550,19 @@ def _default_threads(device_id: int | None) -> int:
     return max(1, cores // max(gpus, 1))
 
 
-def _graph_options(s: LoaderSettings, hw_decoder_load: float,
-                   decoder_options: dict[str, Any] | None) -> GraphOptions:  # fmt: skip
+def _graph_options(
+    s: LoaderSettings, hw_decoder_load: float, decoder_options: dict[str, Any] | None
+) -> GraphOptions:
     """What the graph makes of the knobs: float16 is DALI's own output type; any other float
     dtype is made from float32 after the pipeline (``GraphOptions.cast``)."""
     dtype = s.dtype()
     cast = None if dtype in (torch.float16, torch.float32) else dtype
     return GraphOptions(
-        image_size=s.image_size, map_size=s.map_size, normalize=s.normalize,
-        half=dtype == torch.float16, cast=cast,
-        hw_decoder_load=hw_decoder_load, decoder_options=dict(decoder_options or {}),
-    )  # fmt: skip
+        image_size=s.image_size,
+        map_size=s.map_size,
+        normalize=s.normalize,
+        half=dtype == torch.float16,
+        cast=cast,
+        hw_decoder_load=hw_decoder_load,
+        decoder_options=dict(decoder_options or {}),
+    )

@@ -126,14 +126,25 @@ class CoupledLoader:
         point_field = reader.handlers.get(self.names.point)
         self._squeeze_points = point_field is not None and point_field.shape == (2,)
         pipelines = build_pipelines(
-            reader, self.plan, names=self.names, image_size=s.image_size, map_size=s.map_size,
-            device=s.torch_device(), normalize=s.normalize, image_dtype=s.dtype(),
-        )  # fmt: skip
+            reader,
+            self.plan,
+            names=self.names,
+            image_size=s.image_size,
+            map_size=s.map_size,
+            device=s.torch_device(),
+            normalize=s.normalize,
+            image_dtype=s.dtype(),
+        )
         self.loader = Loader(
-            str(path), batch_size=s.batch_size, num_workers=_threads(s.workers),
-            os_cache=os_cache, order=OrderOption.SEQUENTIAL, pipelines=pipelines,
-            drop_last=s.drop_last, batches_ahead=batches_ahead,
-        )  # fmt: skip
+            str(path),
+            batch_size=s.batch_size,
+            num_workers=_threads(s.workers),
+            os_cache=os_cache,
+            order=OrderOption.SEQUENTIAL,
+            pipelines=pipelines,
+            drop_last=s.drop_last,
+            batches_ahead=batches_ahead,
+        )
         _share_epoch_order(self.loader, s, int(reader.num_samples))
         samples = len(s.subset(int(reader.num_samples)))
         check_batches(len(self.loader), samples, s.batch_size, s.drop_last)

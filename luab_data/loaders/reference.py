@@ -113,12 +113,14 @@ class RecordSamples:
 # ---------------------------------------------------------------- one augmented sample
 
 
-def crop_image(image: np.ndarray, pixels: tuple[int, int, int, int], flip: bool,
-               size: tuple[int, int]) -> np.ndarray:  # fmt: skip
+def crop_image(
+    image: np.ndarray, pixels: tuple[int, int, int, int], flip: bool, size: tuple[int, int]
+) -> np.ndarray:
     """Crop (top, left, h, w), resize to (H, W) with INTER_AREA as FFCV does, mirror."""
     top, left, h, w = pixels
-    out = cv2.resize(image[top : top + h, left : left + w], (size[1], size[0]),
-                     interpolation=cv2.INTER_AREA)  # fmt: skip
+    out = cv2.resize(
+        image[top : top + h, left : left + w], (size[1], size[0]), interpolation=cv2.INTER_AREA
+    )
     return np.ascontiguousarray(out[:, ::-1]) if flip else out
 
 
@@ -126,8 +128,13 @@ class ReferenceDataset(Dataset):
     """Samples with the crop and flip of (seed, epoch, index), as dicts of arrays; images
     resized to ``image_size`` and maps to ``map_size``, both (H, W)."""
 
-    def __init__(self, samples: BetonSamples | RecordSamples, crop: CropSettings,
-                 image_size: tuple[int, int], map_size: tuple[int, int]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        samples: BetonSamples | RecordSamples,
+        crop: CropSettings,
+        image_size: tuple[int, int],
+        map_size: tuple[int, int],
+    ) -> None:
         self.samples, self.crop = samples, crop
         self.image_size, self.map_size = image_size, map_size
         self.epoch = 0
@@ -139,9 +146,13 @@ class ReferenceDataset(Dataset):
         image = self.samples.image(index)
         height, width = image.shape[:2]
         pixels, box, flip = self.crop.crop(width, height, self.epoch, index)
-        out = {"image": crop_image(image, pixels, flip, self.image_size),
-               "label": self.samples.label(index), "box": np.asarray(box, np.float32),
-               "flip": flip, "index": index}  # fmt: skip
+        out = {
+            "image": crop_image(image, pixels, flip, self.image_size),
+            "label": self.samples.label(index),
+            "box": np.asarray(box, np.float32),
+            "flip": flip,
+            "index": index,
+        }
         amap = self.samples.amap(index)
         if amap is not None:
             scale = 1.0 / 255.0 if amap.dtype == np.uint8 else 1.0
@@ -155,8 +166,11 @@ class ReferenceDataset(Dataset):
 
 def collate(samples: list[dict[str, Any]], squeeze_points: bool = False) -> dict:
     """Stack a list of samples into tensors (points (N, K, 3) or (N, 3) when squeezed)."""
-    out = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]
-           if k not in ("flip", "index")}  # fmt: skip
+    out = {
+        k: torch.from_numpy(np.stack([s[k] for s in samples]))
+        for k in samples[0]
+        if k not in ("flip", "index")
+    }
     out["flip"] = torch.tensor([s["flip"] for s in samples], dtype=torch.bool)
     out["index"] = torch.tensor([s["index"] for s in samples], dtype=torch.int64)
     if squeeze_points and "point" in out:
@@ -167,8 +181,9 @@ def collate(samples: list[dict[str, Any]], squeeze_points: bool = False) -> dict
 # ---------------------------------------------------------------- the loader
 
 
-def _open_samples(src: str | Path, settings: LoaderSettings, images: str | Path | None,
-                  options: Any) -> BetonSamples | RecordSamples:  # fmt: skip
+def _open_samples(
+    src: str | Path, settings: LoaderSettings, images: str | Path | None, options: Any
+) -> BetonSamples | RecordSamples:
     """A .beton (by name or content), else records/Parquet; one clear ValueError or
     FileNotFoundError for anything else. A folder not named .beton is records: no .beton
     reader (nor FFCV) is imported for it."""
@@ -212,8 +227,7 @@ class ReferenceLoader:
         options: Any = None,
         **knobs: Any,
     ) -> None:
-        s = LoaderSettings.of(type(self).__name__, {"batch_size": batch_size, **knobs},
-                              self.EXTRAS)  # fmt: skip
+        s = LoaderSettings.of(type(self).__name__, {"batch_size": batch_size, **knobs}, self.EXTRAS)
         samples = _open_samples(src, s, images, options)
         self.settings = s
         self.dataset = ReferenceDataset(samples, s.crop, s.image_size, s.map_size)
@@ -244,9 +258,14 @@ class ReferenceLoader:
             # finalised inside them, where its threads do not exist, and hang.
             gc.collect()
         order = self.settings.epoch_order(self.n_samples, epoch).tolist()
-        loader = DataLoader(self.dataset, self.settings.batch_size, sampler=order,
-                            num_workers=self.workers, collate_fn=self._collate,
-                            pin_memory=pin)  # fmt: skip
+        loader = DataLoader(
+            self.dataset,
+            self.settings.batch_size,
+            sampler=order,
+            num_workers=self.workers,
+            collate_fn=self._collate,
+            pin_memory=pin,
+        )
         return (self._batch(b) for b in loader)
 
     def _collate(self, samples: list[dict]) -> dict:

@@ -69,8 +69,10 @@ def _selected(batch: Batch, off: np.ndarray, ann: np.ndarray) -> np.ndarray:
 
 def sizes(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     """Original (width, height) in pixels."""
-    return (batch.column("width").to_numpy(zero_copy_only=False),
-            batch.column("height").to_numpy(zero_copy_only=False))  # fmt: skip
+    return (
+        batch.column("width").to_numpy(zero_copy_only=False),
+        batch.column("height").to_numpy(zero_copy_only=False),
+    )
 
 
 def rasterise_batch(

@@ -133,9 +133,27 @@ def _finish(acc, touched, out, valid, norm, scale, bias):
 
 @njit(parallel=True, nogil=True, cache=True)
 def rasterise_kernel(
-    geo, c_off, c_x, c_y, c_w, c_ch, t_off, t_x, t_y, t_w, t_ch,
-    truncate, cut, mass, clip, norm, scale, bias, out, valid,
-):  # fmt: skip
+    geo,
+    c_off,
+    c_x,
+    c_y,
+    c_w,
+    c_ch,
+    t_off,
+    t_x,
+    t_y,
+    t_w,
+    t_ch,
+    truncate,
+    cut,
+    mass,
+    clip,
+    norm,
+    scale,
+    bias,
+    out,
+    valid,
+):
     """Maps (N, C, H, W) of clicks and trace; invalid geometry (NaN σ) gives zeros."""
     n, n_ch, h, w = out.shape
     for k in prange((n + _CHUNK - 1) // _CHUNK):

@@ -49,8 +49,14 @@ class Ragged:
                 return None
             return np.concatenate([np.asarray(p, dtype) for p in parts] or [np.zeros(0, dtype)])
 
-        return cls(offsets, flat(x, np.float32), flat(y, np.float32), flat(t, np.int64),
-                   flat(ann, np.int16), flat(classes, np.int32))  # fmt: skip
+        return cls(
+            offsets,
+            flat(x, np.float32),
+            flat(y, np.float32),
+            flat(t, np.int64),
+            flat(ann, np.int16),
+            flat(classes, np.int32),
+        )
 
 
 def geometry(
@@ -103,9 +109,15 @@ def trace_weights(trace: Ragged, config: RasterConfig) -> np.ndarray:
     t = trace.t if trace.t is not None else np.zeros(len(trace.x), np.int64)
     ann = _i16(trace.ann if trace.ann is not None else np.zeros(len(trace.x), np.int16))
     kernels.dwell_weights(
-        _i64(trace.offsets), _i64(t), ann, config.dwell, float(config.dwell_min_ms),
-        float(config.dwell_cap_ms), float(config.decay_ms), out,
-    )  # fmt: skip
+        _i64(trace.offsets),
+        _i64(t),
+        ann,
+        config.dwell,
+        float(config.dwell_min_ms),
+        float(config.dwell_cap_ms),
+        float(config.decay_ms),
+        out,
+    )
     return out
 
 
@@ -128,15 +140,26 @@ def rasterise(
     quant = config.dtype == "uint8"
     kernels.rasterise_kernel(
         _frozen(geometry(width, height, config, boxes), np.float64),
-        _i64(clicks.offsets), _f32(clicks.x), _f32(clicks.y),
+        _i64(clicks.offsets),
+        _f32(clicks.x),
+        _f32(clicks.y),
         _frozen(np.ones(len(clicks.x)), np.float64),
         _frozen(click_channels(clicks, config), np.int32),
-        _i64(trace.offsets), _f32(trace.x), _f32(trace.y),
-        _frozen(trace_weights(trace, config), np.float64), _frozen(t_ch, np.int32),
-        float(config.truncate), config.cut, config.unit_mass, config.outside == "clip",
-        kernels.NORM_CODES[config.norm], 255.0 if quant else 1.0, 0.5 if quant else 0.0,
-        out, valid,
-    )  # fmt: skip
+        _i64(trace.offsets),
+        _f32(trace.x),
+        _f32(trace.y),
+        _frozen(trace_weights(trace, config), np.float64),
+        _frozen(t_ch, np.int32),
+        float(config.truncate),
+        config.cut,
+        config.unit_mass,
+        config.outside == "clip",
+        kernels.NORM_CODES[config.norm],
+        255.0 if quant else 1.0,
+        0.5 if quant else 0.0,
+        out,
+        valid,
+    )
     return out, valid
 
 
@@ -156,10 +179,17 @@ def resample_trace(
     t = trace.t if trace.t is not None else np.zeros(len(trace.x), np.int64)
     ann = _i16(trace.ann if trace.ann is not None else np.zeros(len(trace.x), np.int16))
     kernels.resample_kernel(
-        _i64(trace.offsets), _f32(trace.x), _f32(trace.y), _i64(t), ann,
-        config.outside == "clip", float(config.dwell_min_ms), float(config.dwell_cap_ms),
-        out, valid,
-    )  # fmt: skip
+        _i64(trace.offsets),
+        _f32(trace.x),
+        _f32(trace.y),
+        _i64(t),
+        ann,
+        config.outside == "clip",
+        float(config.dwell_min_ms),
+        float(config.dwell_cap_ms),
+        out,
+        valid,
+    )
     return out, valid
 
 
@@ -171,9 +201,14 @@ def class_points(clicks: Ragged, n_classes: int) -> tuple[np.ndarray, np.ndarray
     cls = clicks.cls if clicks.cls is not None else np.zeros(len(clicks.x), np.int32)
     keep = clicks.keep if clicks.keep is not None else np.ones(len(clicks.x), np.bool_)
     kernels.class_points_kernel(
-        _i64(clicks.offsets), _f32(clicks.x), _f32(clicks.y), _frozen(cls, np.int32),
-        _frozen(keep, np.bool_), out, valid,
-    )  # fmt: skip
+        _i64(clicks.offsets),
+        _f32(clicks.x),
+        _f32(clicks.y),
+        _frozen(cls, np.int32),
+        _frozen(keep, np.bool_),
+        out,
+        valid,
+    )
     return out, valid
 
 

@@ -87,8 +87,9 @@ def record_points(row: dict, config: RasterConfig) -> list[tuple[float, float, f
     """One record (a dict of RECORD_SCHEMA fields as Python lists) as weighted samples."""
     pts = []
     sel = row.get("ann_selected") or []
-    for x, y, cls, ann in zip(row["click_x"], row["click_y"], row["click_class"],
-                              row["click_ann"], strict=True):  # fmt: skip
+    for x, y, cls, ann in zip(
+        row["click_x"], row["click_y"], row["click_class"], row["click_ann"], strict=True
+    ):
         if config.selected_only and not (0 <= ann < len(sel) and sel[ann]):
             continue
         pts.append((x, y, 1.0, _click_channel(cls, config)))

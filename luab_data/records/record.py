@@ -11,7 +11,6 @@ def _empty(dtype):
     return field(default_factory=lambda: np.zeros(0, dtype))
 
 
-
 @dataclass(slots=True)
 class Annotation:
     """Per-annotation metadata (an ImageNet-AB <metadata> block, or a COCO-AB record)."""

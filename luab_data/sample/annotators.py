@@ -193,8 +193,9 @@ def aim_inside(box: np.ndarray, spread: np.ndarray, rng: np.random.Generator) ->
     return centre + offset * half
 
 
-def aim_outside(box: np.ndarray, rng: np.random.Generator, margin: float = 0.02,
-                reach: float = 0.15) -> np.ndarray:
+def aim_outside(
+    box: np.ndarray, rng: np.random.Generator, margin: float = 0.02, reach: float = 0.15
+) -> np.ndarray:
     """Targets off the object but near it: in the band left, right, above or below the box,
     at most `reach` beyond its edge (a sloppy click, not a click somewhere else)."""
     n = len(box)

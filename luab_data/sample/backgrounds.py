@@ -14,8 +14,16 @@ import numpy as np
 
 N_FAMILIES = 10
 FAMILY_NAMES = (
-    "red-stripes", "orange-checks", "yellow-rings", "lime-dots", "green-noise",
-    "teal-waves", "blue-plaid", "indigo-gradient", "purple-speckle", "pink-diagonals",
+    "red-stripes",
+    "orange-checks",
+    "yellow-rings",
+    "lime-dots",
+    "green-noise",
+    "teal-waves",
+    "blue-plaid",
+    "indigo-gradient",
+    "purple-speckle",
+    "pink-diagonals",
 )
 
 Pattern = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
@@ -80,7 +88,15 @@ def _diagonals(x, y, rng):
 
 
 _PATTERNS: tuple[Pattern, ...] = (
-    _stripes, _checks, _rings, _dots, _smooth_noise, _waves, _plaid, _gradient, _speckle,
+    _stripes,
+    _checks,
+    _rings,
+    _dots,
+    _smooth_noise,
+    _waves,
+    _plaid,
+    _gradient,
+    _speckle,
     _diagonals,
 )
 

@@ -38,6 +38,15 @@ WNIDS = tuple(c.wnid for c in CLASSES)
 
 # COCO-AB's category tabs (11 super-categories; the icon palette of the annotation front end)
 COCO_TABS = (
-    "outdoor", "accessory", "sports", "kitchen", "food", "furniture",
-    "electronic", "appliance", "indoor", "vehicle", "animal",
+    "outdoor",
+    "accessory",
+    "sports",
+    "kitchen",
+    "food",
+    "furniture",
+    "electronic",
+    "appliance",
+    "indoor",
+    "vehicle",
+    "animal",
 )

@@ -79,24 +79,31 @@ def _drops(scenes: Scenes, i: int, spread: float, cfg: AnnotatorConfig, rng) -> 
     return drops
 
 
-def _plan(drops: list[Drop], owner_worker: np.ndarray, display: np.ndarray, workers: Workers,
-          rng) -> GesturePlan:
+def _plan(
+    drops: list[Drop], owner_worker: np.ndarray, display: np.ndarray, workers: Workers, rng
+) -> GesturePlan:
     """One drag gesture per action: palette -> drop, drop -> new drop, drop -> off the image."""
     g = len(drops)
     palette = np.stack([rng.uniform(1.0, 1.04, g), rng.uniform(0.1, 0.9, g)], axis=1)
-    start = np.array([d.point_from if d.point_from else palette[k] for k, d in enumerate(drops)],
-                     float).reshape(g, 2)
+    start = np.array(
+        [d.point_from if d.point_from else palette[k] for k, d in enumerate(drops)], float
+    ).reshape(g, 2)
     outside = np.stack([rng.uniform(1.02, 1.05, g), rng.uniform(0.1, 0.9, g)], axis=1)
-    target = np.array([d.point_to if d.point_to else outside[k] for k, d in enumerate(drops)],
-                      float).reshape(g, 2)
+    target = np.array(
+        [d.point_to if d.point_to else outside[k] for k, d in enumerate(drops)], float
+    ).reshape(g, 2)
     via = (start + target) / 2 + rng.normal(0, 0.08, (g, 2))
     speed = workers.speed[owner_worker]
     dist = np.hypot(*(target - start).T)
     return GesturePlan(
-        start=start, via=via, target=target,
+        start=start,
+        via=via,
+        target=target,
         wander_ms=rng.uniform(80, 300, g) * speed,
         approach_ms=(250 + 500 * dist) * rng.lognormal(0, 0.2, g) * speed,
-        dwell_ms=rng.uniform(40, 250, g), worker=owner_worker, display=display,
+        dwell_ms=rng.uniform(40, 250, g),
+        worker=owner_worker,
+        display=display,
     )
 
 
@@ -118,8 +125,14 @@ def _page(drops: list[Drop], k: int, d: np.ndarray, tracks: bool, m: _Motion) ->
         want = COCO_TABS.index(CLASSES[drop.cls].coco_super)
         if want != tab:
             tab = want
-            tabs.append({"categoryIndex": want, "categoryName": COCO_TABS[want],
-                         "timeAt": int(t + m.gaps[k] / 2), "usingKeyboard": bool(m.keyboard[k])})
+            tabs.append(
+                {
+                    "categoryIndex": want,
+                    "categoryName": COCO_TABS[want],
+                    "timeAt": int(t + m.gaps[k] / 2),
+                    "usingKeyboard": bool(m.keyboard[k]),
+                }
+            )
         t += float(m.gaps[k])
         if tracks:
             a, b = int(m.gest.offsets[k]), int(m.gest.offsets[k + 1])
@@ -132,8 +145,9 @@ def _page(drops: list[Drop], k: int, d: np.ndarray, tracks: bool, m: _Motion) ->
     return actions, tabs, trace, t
 
 
-def _motion(per_image: list[list[Drop]], worker: np.ndarray, disp: np.ndarray,
-            workers: Workers, rng) -> _Motion:
+def _motion(
+    per_image: list[list[Drop]], worker: np.ndarray, disp: np.ndarray, workers: Workers, rng
+) -> _Motion:
     counts = np.array([len(d) for d in per_image])
     owner = np.repeat(np.arange(len(per_image)), counts)
     flat = [d for ds in per_image for d in ds]
@@ -145,7 +159,11 @@ def _motion(per_image: list[list[Drop]], worker: np.ndarray, disp: np.ndarray,
 
 
 def annotate_chunk(
-    scenes: Scenes, image_ids: list[int], workers: Workers, cfg: AnnotatorConfig, rng,
+    scenes: Scenes,
+    image_ids: list[int],
+    workers: Workers,
+    cfg: AnnotatorConfig,
+    rng,
 ) -> list[dict]:
     """The COCO-AB elements of a chunk of scenes, in image order."""
     n = len(scenes)
@@ -154,26 +172,35 @@ def annotate_chunk(
     hit_ids = ids.task_hashes(rng, n_hits)
     hit = rng.integers(0, n_hits, n)
     worker = hit_worker[hit]
-    disp = np.array([displayed_size(int(w), int(h))
-                     for w, h in zip(scenes.width, scenes.height, strict=True)])
+    disp = np.array(
+        [displayed_size(int(w), int(h)) for w, h in zip(scenes.width, scenes.height, strict=True)]
+    )
     per_image = [_drops(scenes, i, float(workers.spread[worker[i]]), cfg, rng) for i in range(n)]
     motion = _motion(per_image, worker, disp, workers, rng)
     tail = rng.uniform(400, 3000, n)  # after the last drop, before the next page
     page_id = rng.integers(0, PAGES, n)
     out, k = [], 0
     for i in range(n):
-        actions, tabs, trace, t = _page(per_image[i], k, disp[i], bool(workers.tracks[worker[i]]),
-                                        motion)
+        actions, tabs, trace, t = _page(
+            per_image[i], k, disp[i], bool(workers.tracks[worker[i]]), motion
+        )
         k += len(per_image[i])
-        out.append({
-            "image_id": int(image_ids[i]), "worker_id": workers.ids[worker[i]],
-            "hit_id": hit_ids[hit[i]], "page_id": int(page_id[i]),
-            "imageWidth": int(disp[i][0]), "imageHeight": int(disp[i][1]),
-            "originalImageWidth": int(scenes.width[i]),
-            "originalImageHeight": int(scenes.height[i]),
-            "timeSpent": int(round(t + tail[i] + (0 if actions else 2000))),
-            "actionHistories": actions, "categoryHistories": tabs, "mouseTracking": trace,
-        })
+        out.append(
+            {
+                "image_id": int(image_ids[i]),
+                "worker_id": workers.ids[worker[i]],
+                "hit_id": hit_ids[hit[i]],
+                "page_id": int(page_id[i]),
+                "imageWidth": int(disp[i][0]),
+                "imageHeight": int(disp[i][1]),
+                "originalImageWidth": int(scenes.width[i]),
+                "originalImageHeight": int(scenes.height[i]),
+                "timeSpent": int(round(t + tail[i] + (0 if actions else 2000))),
+                "actionHistories": actions,
+                "categoryHistories": tabs,
+                "mouseTracking": trace,
+            }
+        )
     return out
 
 
@@ -185,6 +212,10 @@ def _snap(p: tuple[float, float] | None, d: np.ndarray) -> dict | None:
 
 
 def _action(drop: Drop, d: np.ndarray, t: int) -> dict:
-    return {"actionType": drop.action, "iconType": CLASSES[drop.cls].coco_name,
-            "pointFrom": _snap(drop.point_from, d), "pointTo": _snap(drop.point_to, d),
-            "timeAt": t}
+    return {
+        "actionType": drop.action,
+        "iconType": CLASSES[drop.cls].coco_name,
+        "pointFrom": _snap(drop.point_from, d),
+        "pointTo": _snap(drop.point_to, d),
+        "timeAt": t,
+    }

@@ -40,11 +40,12 @@ def _records(sample: Path, kind: str, keys: set[str]) -> list[dict]:
 def _fit(img: np.ndarray, tile: int) -> tuple[np.ndarray, float, int, int]:
     h, w = img.shape[:2]
     s = tile / max(w, h)
-    small = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))),
-                       interpolation=cv2.INTER_CUBIC)
+    small = cv2.resize(
+        img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_CUBIC
+    )
     canvas = np.full((tile, tile, 3), 32, np.uint8)
     oy, ox = (tile - small.shape[0]) // 2, (tile - small.shape[1]) // 2
-    canvas[oy:oy + small.shape[0], ox:ox + small.shape[1]] = small
+    canvas[oy : oy + small.shape[0], ox : ox + small.shape[1]] = small
     return canvas, s, ox, oy
 
 
@@ -57,8 +58,9 @@ def _coco_boxes(sample: Path) -> dict[str, list[list[float]]]:
     return boxes
 
 
-def _draw_tile(rec: dict, label: dict, sample: Path, tile: int,
-               boxes: list[list[float]] | None = None) -> np.ndarray:
+def _draw_tile(
+    rec: dict, label: dict, sample: Path, tile: int, boxes: list[list[float]] | None = None
+) -> np.ndarray:
     img = cv2.imread(str(sample / label["image"]))
     w, h = int(label["width"]), int(label["height"])
     canvas, s, ox, oy = _fit(img, tile)
@@ -67,9 +69,14 @@ def _draw_tile(rec: dict, label: dict, sample: Path, tile: int,
         return int(round(ox + x * w * s)), int(round(oy + y * h * s))
 
     if boxes is None:  # the primary object's box from labels.csv
-        boxes = [[float(label["box_x0"]), float(label["box_y0"]),
-                  float(label["box_x1"]) - float(label["box_x0"]),
-                  float(label["box_y1"]) - float(label["box_y0"])]]
+        boxes = [
+            [
+                float(label["box_x0"]),
+                float(label["box_y0"]),
+                float(label["box_x1"]) - float(label["box_x0"]),
+                float(label["box_y1"]) - float(label["box_y0"]),
+            ]
+        ]
     for bx, by, bw, bh in boxes:
         cv2.rectangle(canvas, px(bx / w, by / h), px((bx + bw) / w, (by + bh) / h), (0, 200, 0), 1)
     ann = np.array(rec["trace_ann"], int)
@@ -85,13 +92,22 @@ def _draw_tile(rec: dict, label: dict, sample: Path, tile: int,
         cv2.drawMarker(canvas, c, (0, 0, 255), cv2.MARKER_CROSS, 11, 2)
     caption = f"{label['class_name'][:9]} bg{label['background']}"
     caption += "" if label["matched"] == "1" else " (other)"
-    cv2.putText(canvas, caption, (3, tile - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255),
-                1, cv2.LINE_AA)
+    cv2.putText(
+        canvas,
+        caption,
+        (3, tile - 5),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.38,
+        (255, 255, 255),
+        1,
+        cv2.LINE_AA,
+    )
     return canvas
 
 
-def contact_sheet(sample: str | Path, out: str | Path, n: int = 24, cols: int = 6,
-                  tile: int = 200) -> Path:
+def contact_sheet(
+    sample: str | Path, out: str | Path, n: int = 24, cols: int = 6, tile: int = 200
+) -> Path:
     """Write a PNG grid of n training images (spread over the classes) of a sample, with the object
     box (green), each annotation's trace (one colour per annotation) and the select clicks or
     final icon positions (red crosses). Returns the PNG path."""
@@ -99,14 +115,17 @@ def contact_sheet(sample: str | Path, out: str | Path, n: int = 24, cols: int = 
     kind = json.loads((sample / "sample.json").read_text())["spec"]["kind"]
     labels = _labels(sample, "train" if kind == "imagenet-ab" else "train2014")
     keys = list(labels)[:: max(1, len(labels) // n)][:n]  # spread over the classes
-    rows = [r for r in _records(sample, kind, set(keys))
-            if (sample / labels[r["key"]]["image"]).is_file()]
+    rows = [
+        r
+        for r in _records(sample, kind, set(keys))
+        if (sample / labels[r["key"]]["image"]).is_file()
+    ]
     if not rows:
         raise ValueError(f"{sample}: no training images with byproducts to show")
     boxes = _coco_boxes(sample) if kind == "coco-ab" else {}
     tiles = [_draw_tile(r, labels[r["key"]], sample, tile, boxes.get(r["key"])) for r in rows]
     tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % cols)
-    grid = np.vstack([np.hstack(tiles[i:i + cols]) for i in range(0, len(tiles), cols)])
+    grid = np.vstack([np.hstack(tiles[i : i + cols]) for i in range(0, len(tiles), cols)])
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), grid)
     return out

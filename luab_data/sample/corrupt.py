@@ -30,12 +30,24 @@ from luab_data.sources.validation import (  # the readers' reject reasons, plant
 )
 
 IMAGENET_REASONS = (
-    MALFORMED_XML, BAD_FIELD, UNKNOWN_CLASS, BAD_COORDINATES, BAD_TIMES, ZERO_SIZE,
-    MISSING_IMAGE, DUPLICATE_KEY,
+    MALFORMED_XML,
+    BAD_FIELD,
+    UNKNOWN_CLASS,
+    BAD_COORDINATES,
+    BAD_TIMES,
+    ZERO_SIZE,
+    MISSING_IMAGE,
+    DUPLICATE_KEY,
 )
 COCO_REASONS = (
-    MALFORMED_JSON, BAD_FIELD, UNKNOWN_CLASS, BAD_COORDINATES, BAD_TIMES, ZERO_SIZE,
-    MISSING_IMAGE, DUPLICATE_KEY,
+    MALFORMED_JSON,
+    BAD_FIELD,
+    UNKNOWN_CLASS,
+    BAD_COORDINATES,
+    BAD_TIMES,
+    ZERO_SIZE,
+    MISSING_IMAGE,
+    DUPLICATE_KEY,
 )
 UNKNOWN_WNID = "n00000001"  # well-formed but not one of the sample's (or ImageNet's) classes
 UNKNOWN_ICON = "unicorn"
@@ -69,6 +81,7 @@ def plan(n: int, fraction: float, reasons: tuple[str, ...], rng) -> dict[int, st
 
 
 # ---------------------------------------------------------------- ImageNet-AB
+
 
 def _first_with(blocks: list, field: str, minimum: int) -> Repeated | None:
     for b in blocks:
@@ -123,6 +136,7 @@ def break_xml(data: bytes) -> bytes:
 
 # ---------------------------------------------------------------- COCO-AB
 
+
 def spoil_coco_record(rec: dict, reason: str) -> tuple[dict, str]:
     """A spoilt copy of a COCO-AB element (object-level reasons) and the reason it carries."""
     rec = copy.deepcopy(rec)
@@ -154,6 +168,7 @@ def break_json(text: str) -> str:
 
 
 # ---------------------------------------------------------------- manifest
+
 
 def write_manifest(path: Path, planted: list[dict]) -> None:
     """planted.jsonl: one {"key", "reason", "where"} per planted record, in file order."""

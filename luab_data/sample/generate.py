@@ -94,6 +94,7 @@ def worker_pool(spec: SampleSpec) -> Workers:
 
 # ---------------------------------------------------------------- the plan of a split
 
+
 @dataclass(frozen=True)
 class SplitPlan:
     name: str
@@ -107,14 +108,25 @@ class SplitPlan:
         for k, lo in enumerate(range(0, len(self.cls), CHUNK)):
             hi = min(lo + CHUNK, len(self.cls))
             mine = {i - lo: r for i, r in spoil.items() if lo <= i < hi}
-            yield ChunkJob(spec, str(out), self.name, k, lo, self.cls[lo:hi],
-                           self.family[lo:hi], self.stems[lo:hi], self.image_ids[lo:hi], mine,
-                           frozenset(known))
+            yield ChunkJob(
+                spec,
+                str(out),
+                self.name,
+                k,
+                lo,
+                self.cls[lo:hi],
+                self.family[lo:hi],
+                self.stems[lo:hi],
+                self.image_ids[lo:hi],
+                mine,
+                frozenset(known),
+            )
             if spec.kind == IMAGENET_AB and self.name == "train":
                 for r, c in enumerate(self.cls[lo:hi]):  # the folders this chunk's members open
                     spoilt = mine.get(r) == corrupt.UNKNOWN_CLASS
-                    known.update(parent_dirs(member_name(
-                        corrupt.UNKNOWN_WNID if spoilt else WNIDS[c], "x")))
+                    known.update(
+                        parent_dirs(member_name(corrupt.UNKNOWN_WNID if spoilt else WNIDS[c], "x"))
+                    )
 
 
 def _coco_ids(spec: SampleSpec) -> dict[str, np.ndarray]:
@@ -123,7 +135,7 @@ def _coco_ids(spec: SampleSpec) -> dict[str, np.ndarray]:
     pool = spec.rng(_IDS).choice(max(581_929, 2 * total), total, replace=False) + 1
     out, at = {}, 0
     for name, n in counts.items():
-        out[name] = np.sort(pool[at:at + n])
+        out[name] = np.sort(pool[at : at + n])
         at += n
     return out
 
@@ -150,6 +162,7 @@ def image_relpath(spec: SampleSpec, split: str, stem: str, cls: int) -> str:
 
 
 # ---------------------------------------------------------------- one chunk
+
 
 @dataclass
 class ChunkJob:
@@ -208,20 +221,41 @@ def _label_rows(job: ChunkJob, sc: scenes.Scenes) -> list[list]:
         c, fam = int(job.cls[r]), int(job.family[r])
         objs = list(sc.objects(r))
         box = np.round(sc.obj_box[objs[0]], 2).tolist()
-        rows.append([
-            image_relpath(job.spec, job.split, job.stems[r], c),
-            job.stems[r] if job.spec.kind == IMAGENET_AB else int(job.image_ids[r]),
-            CLASSES[c].wnid, c, CLASSES[c].fashion, int(sc.width[r]), int(sc.height[r]),
-            *box, ";".join(str(int(sc.obj_cls[j])) for j in objs), fam, FAMILY_NAMES[fam],
-            int(fam == c),
-        ])
+        rows.append(
+            [
+                image_relpath(job.spec, job.split, job.stems[r], c),
+                job.stems[r] if job.spec.kind == IMAGENET_AB else int(job.image_ids[r]),
+                CLASSES[c].wnid,
+                c,
+                CLASSES[c].fashion,
+                int(sc.width[r]),
+                int(sc.height[r]),
+                *box,
+                ";".join(str(int(sc.obj_cls[j])) for j in objs),
+                fam,
+                FAMILY_NAMES[fam],
+                int(fam == c),
+            ]
+        )
     return rows
 
 
 LABEL_HEADER = [
-    "image", "key", "wnid", "class", "class_name", "width", "height",
-    "box_x0", "box_y0", "box_x1", "box_y1", "object_classes", "background",
-    "background_name", "matched",
+    "image",
+    "key",
+    "wnid",
+    "class",
+    "class_name",
+    "width",
+    "height",
+    "box_x0",
+    "box_y0",
+    "box_x1",
+    "box_y1",
+    "object_classes",
+    "background",
+    "background_name",
+    "matched",
 ]
 
 
@@ -229,8 +263,14 @@ def _imagenet_train(job: ChunkJob, sc: scenes.Scenes, res: ChunkResult) -> set[i
     """XML members of the chunk (spoilt where planned); returns records without an image."""
     wnids = [WNIDS[c] for c in job.cls]
     recs = imagenet_ab.annotate_chunk(
-        sc, wnids, job.stems, worker_pool(job.spec), job.spec.annotators,
-        job.spec.rng(_SPLIT_CODE[job.split], _ANNOTATE, job.k), job.spec.box_rate)
+        sc,
+        wnids,
+        job.stems,
+        worker_pool(job.spec),
+        job.spec.annotators,
+        job.spec.rng(_SPLIT_CODE[job.split], _ANNOTATE, job.k),
+        job.spec.box_rate,
+    )
     no_image, members = set(), []
     for r, rec in enumerate(recs):
         reason = job.spoil.get(r)
@@ -256,13 +296,21 @@ def _imagenet_train(job: ChunkJob, sc: scenes.Scenes, res: ChunkResult) -> set[i
 
 def _coco_train(job: ChunkJob, sc: scenes.Scenes, res: ChunkResult) -> set[int]:
     elements = coco_ab.annotate_chunk(
-        sc, job.image_ids.tolist(), worker_pool(job.spec), job.spec.annotators,
-        job.spec.rng(_SPLIT_CODE[job.split], _ANNOTATE, job.k))
+        sc,
+        job.image_ids.tolist(),
+        worker_pool(job.spec),
+        job.spec.annotators,
+        job.spec.rng(_SPLIT_CODE[job.split], _ANNOTATE, job.k),
+    )
     no_image = set()
     for r, el in enumerate(elements):
         reason = job.spoil.get(r)
-        if reason not in (None, corrupt.MALFORMED_JSON, corrupt.MISSING_IMAGE,
-                          corrupt.DUPLICATE_KEY):
+        if reason not in (
+            None,
+            corrupt.MALFORMED_JSON,
+            corrupt.MISSING_IMAGE,
+            corrupt.DUPLICATE_KEY,
+        ):
             el, reason = corrupt.spoil_coco_record(el, reason)
         text_ = json.dumps(el)
         if reason == corrupt.MALFORMED_JSON:
@@ -274,8 +322,9 @@ def _coco_train(job: ChunkJob, sc: scenes.Scenes, res: ChunkResult) -> set[int]:
             no_image.add(r)
         if reason is not None:
             # the element's position in the file is fixed by the main process (local index here)
-            res.planted.append({"key": str(el["image_id"]), "reason": reason,
-                                "local": len(res.elements) - 1})
+            res.planted.append(
+                {"key": str(el["image_id"]), "reason": reason, "local": len(res.elements) - 1}
+            )
     return no_image
 
 
@@ -283,17 +332,35 @@ def _coco_instances(job: ChunkJob, sc: scenes.Scenes, res: ChunkResult) -> None:
     for r in range(len(sc)):
         image_id = int(job.image_ids[r])
         w, h = int(sc.width[r]), int(sc.height[r])
-        res.coco_images.append(json.dumps({
-            "license": 1, "file_name": job.stems[r] + ".jpg", "coco_url": "",
-            "height": h, "width": w, "date_captured": "2013-11-14 11:18:45",
-            "flickr_url": "", "id": image_id}))
+        res.coco_images.append(
+            json.dumps(
+                {
+                    "license": 1,
+                    "file_name": job.stems[r] + ".jpg",
+                    "coco_url": "",
+                    "height": h,
+                    "width": w,
+                    "date_captured": "2013-11-14 11:18:45",
+                    "flickr_url": "",
+                    "id": image_id,
+                }
+            )
+        )
         for n, j in enumerate(sc.objects(r)):
             x0, y0, x1, y1 = (round(float(v), 2) for v in sc.obj_box[j])
-            res.coco_objects.append(json.dumps({
-                "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]],
-                "area": round((x1 - x0) * (y1 - y0), 2), "iscrowd": 0, "image_id": image_id,
-                "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
-                "category_id": CLASSES[int(sc.obj_cls[j])].coco_id, "id": image_id * 100 + n}))
+            res.coco_objects.append(
+                json.dumps(
+                    {
+                        "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]],
+                        "area": round((x1 - x0) * (y1 - y0), 2),
+                        "iscrowd": 0,
+                        "image_id": image_id,
+                        "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
+                        "category_id": CLASSES[int(sc.obj_cls[j])].coco_id,
+                        "id": image_id * 100 + n,
+                    }
+                )
+            )
 
 
 def run_chunk(job: ChunkJob) -> ChunkResult:
@@ -313,8 +380,16 @@ def run_chunk(job: ChunkJob) -> ChunkResult:
 # ---------------------------------------------------------------- the whole sample
 
 OWNED = (
-    "train", "val_id", "val_ood", "train2014", "annotations", IMAGENET_TAR, COCO_JSON,
-    "planted.jsonl", "classes.txt", "sample.json",
+    "train",
+    "val_id",
+    "val_ood",
+    "train2014",
+    "annotations",
+    IMAGENET_TAR,
+    COCO_JSON,
+    "planted.jsonl",
+    "classes.txt",
+    "sample.json",
 )
 
 
@@ -325,7 +400,8 @@ def _clear(out: Path) -> None:
     if present and not (out / "sample.json").is_file():
         raise FileExistsError(
             f"{out} already holds {', '.join(present)} but no sample.json: not overwriting "
-            "what the generator did not write; choose an empty or new folder")
+            "what the generator did not write; choose an empty or new folder"
+        )
     for name in present:
         p = out / name
         if p.is_dir():
@@ -347,8 +423,11 @@ class _Outputs:
 
     def __init__(self, out: Path, spec: SampleSpec):
         self.out, self.spec = out, spec
-        self.tar = TarGzWriter(out / IMAGENET_TAR, spec.compresslevel) \
-            if spec.kind == IMAGENET_AB else None
+        self.tar = (
+            TarGzWriter(out / IMAGENET_TAR, spec.compresslevel)
+            if spec.kind == IMAGENET_AB
+            else None
+        )
         self.json = JsonListWriter(out / COCO_JSON) if spec.kind == COCO_AB else None
         self.elements = 0
         self.planted: list[dict] = []
@@ -370,8 +449,10 @@ class _Outputs:
     def _coco_parts(self, split: str) -> tuple:
         if split not in self.coco:
             (self.out / "annotations").mkdir(exist_ok=True)
-            tmp = [open(self.out / "annotations" / f".{split}.{p}", "w", encoding="utf-8")  # noqa: SIM115
-                   for p in ("images", "objects")]
+            tmp = [
+                open(self.out / "annotations" / f".{split}.{p}", "w", encoding="utf-8")  # noqa: SIM115
+                for p in ("images", "objects")
+            ]
             self.coco[split] = (tmp, [0, 0])
         return self.coco[split]
 
@@ -414,14 +495,23 @@ class _Outputs:
     def _assemble_instances(self, split: str, parts: list[Path]) -> None:
         """instances_<split>.json in COCO's shape, streamed from the chunk parts."""
         name = "instances_train2014.json" if split == "train" else f"instances_{split}.json"
-        categories = json.dumps([{"supercategory": c.coco_super, "id": c.coco_id,
-                                  "name": c.coco_name} for c in CLASSES])
-        info = json.dumps({"description": "luab-data sample (Fashion-MNIST objects)",
-                           "version": str(GENERATOR_VERSION), "year": 2014,
-                           "contributor": "luab-data", "date_created": "2023-01-01"})
+        categories = json.dumps(
+            [{"supercategory": c.coco_super, "id": c.coco_id, "name": c.coco_name} for c in CLASSES]
+        )
+        info = json.dumps(
+            {
+                "description": "luab-data sample (Fashion-MNIST objects)",
+                "version": str(GENERATOR_VERSION),
+                "year": 2014,
+                "contributor": "luab-data",
+                "date_created": "2023-01-01",
+            }
+        )
         with open(self.out / "annotations" / name, "w", encoding="utf-8") as fh:
-            fh.write(f'{{"info": {info}, "licenses": [{{"id": 1, "name": "CC BY 4.0", '
-                     f'"url": ""}}], "images": [')
+            fh.write(
+                f'{{"info": {info}, "licenses": [{{"id": 1, "name": "CC BY 4.0", '
+                f'"url": ""}}], "images": ['
+            )
             with open(parts[0], encoding="utf-8") as src:
                 shutil.copyfileobj(src, fh)
             fh.write('], "annotations": [')
@@ -436,16 +526,24 @@ def _summary(spec: SampleSpec, plans: list[SplitPlan], outputs: _Outputs) -> dic
     splits = {}
     for p in plans:
         splits[p.name] = {
-            "n": int(len(p.cls)), "matched": float(np.mean(p.family == p.cls)),
+            "n": int(len(p.cls)),
+            "matched": float(np.mean(p.family == p.cls)),
             "ood": p.name in scenes.OOD_SPLITS,
         }
     spec_dict = asdict(spec)
     return {
-        "generator": "luab-data sample", "version": GENERATOR_VERSION, "spec": spec_dict,
-        "files": {"byproducts": IMAGENET_TAR if spec.kind == IMAGENET_AB else COCO_JSON,
-                  "planted": "planted.jsonl" if spec.corrupt > 0 else None},
-        "classes": [asdict(c) for c in CLASSES], "coco_tabs": list(COCO_TABS),
-        "backgrounds": list(FAMILY_NAMES), "splits": splits, "counts": outputs.counts,
+        "generator": "luab-data sample",
+        "version": GENERATOR_VERSION,
+        "spec": spec_dict,
+        "files": {
+            "byproducts": IMAGENET_TAR if spec.kind == IMAGENET_AB else COCO_JSON,
+            "planted": "planted.jsonl" if spec.corrupt > 0 else None,
+        },
+        "classes": [asdict(c) for c in CLASSES],
+        "coco_tabs": list(COCO_TABS),
+        "backgrounds": list(FAMILY_NAMES),
+        "splits": splits,
+        "counts": outputs.counts,
         "planted": len(outputs.planted),
     }
 
@@ -455,7 +553,10 @@ def default_processes(spec: SampleSpec) -> int:
 
 
 def generate_sample(
-    out: str | Path, spec: SampleSpec | None = None, *, processes: int | None = None,
+    out: str | Path,
+    spec: SampleSpec | None = None,
+    *,
+    processes: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Write a sample into `out` (see the package docstring for the layout); returns the

@@ -13,7 +13,7 @@ def random_ids(rng: np.random.Generator, n: int, length: int, alphabet: np.ndarr
     """n random strings of `length` characters from `alphabet` (one vectorised draw)."""
     codes = alphabet[rng.integers(0, len(alphabet), (n, length))]
     raw = codes.tobytes().decode("ascii")
-    return [raw[i * length:(i + 1) * length] for i in range(n)]
+    return [raw[i * length : (i + 1) * length] for i in range(n)]
 
 
 def worker_ids(rng: np.random.Generator, n: int) -> list[str]:

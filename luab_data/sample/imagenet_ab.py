@@ -78,14 +78,21 @@ def _draw_annotations(n: int, workers: Workers, cfg: AnnotatorConfig, rng) -> tu
     clicked = ~miss
     roll = rng.random(a)
     anns = _Anns(
-        rec=np.repeat(np.arange(n), counts), worker=worker, hit=hit, page=page,
-        slot=rng.integers(0, PER_PAGE, a), start=np.floor(start).astype(np.int64),
-        clicked=clicked, hovered=~(miss & (rng.random(a) < cfg.unhovered_rate)),
+        rec=np.repeat(np.arange(n), counts),
+        worker=worker,
+        hit=hit,
+        page=page,
+        slot=rng.integers(0, PER_PAGE, a),
+        start=np.floor(start).astype(np.int64),
+        clicked=clicked,
+        hovered=~(miss & (rng.random(a) < cfg.unhovered_rate)),
         off=clicked & (rng.random(a) < workers.off_rate[worker]),
         double=clicked & (roll < cfg.double_click_rate),
         deselect=clicked & (roll > 1 - cfg.deselect_rate),
-        click_delay=rng.integers(20, 120, a), reclick_delay=rng.integers(400, 2500, a),
-        reclick_jig=rng.integers(-3, 4, (a, 2)), linger=rng.integers(150, 1500, a),
+        click_delay=rng.integers(20, 120, a),
+        reclick_delay=rng.integers(400, 2500, a),
+        reclick_jig=rng.integers(-3, 4, (a, 2)),
+        linger=rng.integers(150, 1500, a),
     )
     return anns, hit_worker, hit_start, page_ms
 
@@ -106,8 +113,9 @@ def _gesture_plan(anns: _Anns, box: np.ndarray, workers: Workers, rng) -> Gestur
     target[off] = aim_outside(b[off], rng)
     target = np.where(clicked[:, None], target, edge_points(rng, g))  # skims leave again
     centre = (b[:, :2] + b[:, 2:]) / 2
-    via = np.where(clicked[:, None], rng.uniform(0.1, 0.9, (g, 2)),
-                   centre + rng.normal(0, 0.15, (g, 2)))
+    via = np.where(
+        clicked[:, None], rng.uniform(0.1, 0.9, (g, 2)), centre + rng.normal(0, 0.15, (g, 2))
+    )
     speed = workers.speed[w]
     size = np.maximum(np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]), 0.05)
     dist = np.hypot(*(target - via).T)
@@ -115,8 +123,12 @@ def _gesture_plan(anns: _Anns, box: np.ndarray, workers: Workers, rng) -> Gestur
     approach = np.where(clicked, fitts, rng.uniform(150, 700, g)) * speed
     dwell = np.where(clicked, workers.dwell_ms[w] * rng.lognormal(0, 0.4, g), 0.0)
     return GesturePlan(
-        start=edge_points(rng, g), via=via, target=target,
-        wander_ms=rng.uniform(200, 1200, g) * speed, approach_ms=approach, dwell_ms=dwell,
+        start=edge_points(rng, g),
+        via=via,
+        target=target,
+        wander_ms=rng.uniform(200, 1200, g) * speed,
+        approach_ms=approach,
+        dwell_ms=dwell,
         worker=w,
     )
 
@@ -167,8 +179,14 @@ def _events(anns: _Anns, i: int, g: int, m: _Motion, d: int) -> dict:
     trace = _trace(m, g)
     if not anns.clicked[i]:
         leave = end + int(anns.linger[i]) // 50
-        return dict(mouseTracking=trace, estimateTime=leave - start, selected=False,
-                    selectedRecord=_NO_TRACE, hoveredRecord=_hovers(start, leave), last=leave)
+        return dict(
+            mouseTracking=trace,
+            estimateTime=leave - start,
+            selected=False,
+            selectedRecord=_NO_TRACE,
+            hoveredRecord=_hovers(start, leave),
+            last=leave,
+        )
     t0 = end + int(anns.click_delay[i])
     cx, cy = (int(v) for v in m.click_px[g])
     times, xs, ys = [t0], [cx / d], [cy / d]
@@ -180,33 +198,60 @@ def _events(anns: _Anns, i: int, g: int, m: _Motion, d: int) -> dict:
     leave = times[-1] + int(anns.linger[i])
     deselected = bool(anns.deselect[i])
     unselected_ms = (t0 - start) + ((leave - t0) // 2 if deselected else 0)
-    return dict(mouseTracking=trace, estimateTime=unselected_ms, selected=not deselected,
-                selectedRecord=Repeated({"time": times, "x": xs, "y": ys}),
-                hoveredRecord=_hovers(start, leave), last=leave)
+    return dict(
+        mouseTracking=trace,
+        estimateTime=unselected_ms,
+        selected=not deselected,
+        selectedRecord=Repeated({"time": times, "x": xs, "y": ys}),
+        hoveredRecord=_hovers(start, leave),
+        last=leave,
+    )
 
 
 def _hovers(enter: int, leave: int) -> Repeated:
     return Repeated({"action": ["enter", "leave"], "time": [enter, leave]})
 
 
-_UNHOVERED = dict(mouseTracking=_NO_TRACE, estimateTime=0, selected=False,
-                  selectedRecord=_NO_TRACE, hoveredRecord=_NO_HOVER)
+_UNHOVERED = dict(
+    mouseTracking=_NO_TRACE,
+    estimateTime=0,
+    selected=False,
+    selectedRecord=_NO_TRACE,
+    hoveredRecord=_NO_HOVER,
+)
 
 
-def _block(anns: _Anns, i: int, g: int, m: _Motion, workers: Workers, scenes: Scenes,
-           hit_ids: tuple[str, str, str]) -> tuple[Sorted, int]:
+def _block(
+    anns: _Anns,
+    i: int,
+    g: int,
+    m: _Motion,
+    workers: Workers,
+    scenes: Scenes,
+    hit_ids: tuple[str, str, str],
+) -> tuple[Sorted, int]:
     """One <metadata> block and the last event time in it."""
     w, r, slot = int(anns.worker[i]), int(anns.rec[i]), int(anns.slot[i])
     d = int(workers.display[w])
     ev = _events(anns, i, g, m, d) if g >= 0 else dict(_UNHOVERED, last=int(anns.start[i]))
     last = ev.pop("last")
     block = Sorted(
-        ev, assignment_id=hit_ids[0], hit_id=hit_ids[1], imagenet_hit_id=hit_ids[2],
-        hit_submit_time=0, worker_id=workers.ids[w], page_idx=int(anns.page[i]),
-        image_idx=slot, imageID="", originalImageWidth=int(scenes.width[r]),
-        originalImageHeight=int(scenes.height[r]), imageWidth=d, imageHeight=d,
+        ev,
+        assignment_id=hit_ids[0],
+        hit_id=hit_ids[1],
+        imagenet_hit_id=hit_ids[2],
+        hit_submit_time=0,
+        worker_id=workers.ids[w],
+        page_idx=int(anns.page[i]),
+        image_idx=slot,
+        imageID="",
+        originalImageWidth=int(scenes.width[r]),
+        originalImageHeight=int(scenes.height[r]),
+        imageWidth=d,
+        imageHeight=d,
         imagePosition={"x": 20 + (slot % 8) * (d + 12), "y": 140 + (slot // 8) * (d + 12)},
-        hoveredCount=len(ev["hoveredRecord"]) // 2, selectedCount=len(ev["selectedRecord"]),
+        hoveredCount=len(ev["hoveredRecord"]) // 2,
+        selectedCount=len(ev["selectedRecord"]),
     )
     return block, last
 
@@ -217,14 +262,25 @@ def ilsvrc_boxes(scenes: Scenes, r: int) -> list[tuple[int, int, int, int]]:
     out = []
     for j in scenes.objects(r):
         x0, y0, x1, y1 = scenes.obj_box[j]
-        out.append((max(0, int(np.floor(x0))), max(0, int(np.floor(y0))),
-                    min(w - 1, int(np.ceil(x1)) - 1), min(h - 1, int(np.ceil(y1)) - 1)))
+        out.append(
+            (
+                max(0, int(np.floor(x0))),
+                max(0, int(np.floor(y0))),
+                min(w - 1, int(np.ceil(x1)) - 1),
+                min(h - 1, int(np.ceil(y1)) - 1),
+            )
+        )
     return out
 
 
 def annotate_chunk(
-    scenes: Scenes, wnids: list[str], stems: list[str], workers: Workers,
-    cfg: AnnotatorConfig, rng: np.random.Generator, box_rate: float = 0.4,
+    scenes: Scenes,
+    wnids: list[str],
+    stems: list[str],
+    workers: Workers,
+    cfg: AnnotatorConfig,
+    rng: np.random.Generator,
+    box_rate: float = 0.4,
 ) -> list[XmlRecord]:
     """The train_xml records of a chunk of single-object scenes."""
     n = len(scenes)
@@ -232,16 +288,23 @@ def annotate_chunk(
     plan = _gesture_plan(anns, _norm_boxes(scenes), workers, rng)
     motion = _motion(plan, anns.start[anns.hovered], workers, rng)
     n_hits = len(hit_worker)
-    hit_ids = list(zip(ids.mturk_ids(rng, n_hits), ids.mturk_ids(rng, n_hits),
-                       ids.task_hashes(rng, n_hits), strict=True))
+    hit_ids = list(
+        zip(
+            ids.mturk_ids(rng, n_hits),
+            ids.mturk_ids(rng, n_hits),
+            ids.task_hashes(rng, n_hits),
+            strict=True,
+        )
+    )
     gesture_of = np.cumsum(anns.hovered) - 1
     gesture_of[~anns.hovered] = -1
     records = [XmlRecord(wnids[r], stems[r], [], None) for r in range(n)]
     last = np.zeros(len(anns.rec), np.int64)
     for i in range(len(anns.rec)):
         r = int(anns.rec[i])
-        block, last[i] = _block(anns, i, int(gesture_of[i]), motion, workers, scenes,
-                                hit_ids[anns.hit[i]])
+        block, last[i] = _block(
+            anns, i, int(gesture_of[i]), motion, workers, scenes, hit_ids[anns.hit[i]]
+        )
         block["imageID"] = f"{wnids[r]}/{stems[r]}"
         records[r].metadata.append(block)
     submit_ms = hit_start + PAGES * page_ms
@@ -251,6 +314,7 @@ def annotate_chunk(
         block["hit_submit_time"] = int(submit_s[anns.hit[i]])
     for r in np.flatnonzero(rng.random(n) < box_rate):
         rec = records[r]
-        rec.box_part = ilsvrc_part(rec.wnid, rec.stem, int(scenes.width[r]),
-                                   int(scenes.height[r]), ilsvrc_boxes(scenes, r))
+        rec.box_part = ilsvrc_part(
+            rec.wnid, rec.stem, int(scenes.width[r]), int(scenes.height[r]), ilsvrc_boxes(scenes, r)
+        )
     return records

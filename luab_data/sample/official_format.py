@@ -131,14 +131,20 @@ def ilsvrc_part(wnid: str, stem: str, width: int, height: int, boxes: Iterable) 
     """The original ILSVRC box annotation (its own field order), boxes in whole pixels."""
     objects = [
         {
-            "name": wnid, "pose": "Unspecified", "truncated": 0, "difficult": 0,
+            "name": wnid,
+            "pose": "Unspecified",
+            "truncated": 0,
+            "difficult": 0,
             "bndbox": {"xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1},
         }
         for x0, y0, x1, y1 in boxes
     ]
     return {
-        "folder": wnid, "filename": stem, "source": {"database": "ILSVRC_2012"},
-        "size": {"width": width, "height": height, "depth": 3}, "segmented": 0,
+        "folder": wnid,
+        "filename": stem,
+        "source": {"database": "ILSVRC_2012"},
+        "size": {"width": width, "height": height, "depth": 3},
+        "segmented": 0,
         "object": objects,
     }
 

@@ -121,8 +121,17 @@ def _boxes(item_box: np.ndarray, side: np.ndarray, xy: np.ndarray) -> np.ndarray
     return np.concatenate([xy + item_box[:, :2] * scale, xy + item_box[:, 2:] * scale], axis=1)
 
 
-def _separate(j: int, first: int, side: int, w: int, h: int, item_box: np.ndarray,
-              xy: np.ndarray, box: np.ndarray, rng: np.random.Generator) -> None:
+def _separate(
+    j: int,
+    first: int,
+    side: int,
+    w: int,
+    h: int,
+    item_box: np.ndarray,
+    xy: np.ndarray,
+    box: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
     """A few more tries to keep object j off the objects placed before it in its scene."""
     for _ in range(12):
         if _overlap(box[j], list(box[first:j])) < 0.25:
@@ -132,7 +141,10 @@ def _separate(j: int, first: int, side: int, w: int, h: int, item_box: np.ndarra
 
 
 def layout(
-    cls: np.ndarray, family: np.ndarray, items: Items, style: SceneStyle,
+    cls: np.ndarray,
+    family: np.ndarray,
+    items: Items,
+    style: SceneStyle,
     rng: np.random.Generator,
 ) -> Scenes:
     """Sizes, extra objects and placements for scenes whose class and family are given."""
@@ -156,10 +168,20 @@ def layout(
     box = _boxes(item_box, side, xy)
     for j in np.flatnonzero(np.arange(m) != offsets[scene]):  # objects after a scene's first
         i = scene[j]
-        _separate(j, int(offsets[i]), int(side[j]), int(width[i]), int(height[i]),
-                  item_box[j], xy, box, rng)
-    return Scenes(cls, family, width, height, offsets, obj_cls, obj_item, side,
-                  xy.astype(np.int32), box)
+        _separate(
+            j,
+            int(offsets[i]),
+            int(side[j]),
+            int(width[i]),
+            int(height[i]),
+            item_box[j],
+            xy,
+            box,
+            rng,
+        )
+    return Scenes(
+        cls, family, width, height, offsets, obj_cls, obj_item, side, xy.astype(np.int32), box
+    )
 
 
 def _tint(rng: np.random.Generator) -> np.ndarray:
@@ -174,12 +196,13 @@ def render(scenes: Scenes, i: int, items: Items, rng: np.random.Generator) -> np
     for j in scenes.objects(i):
         s = int(scenes.obj_side[j])
         x, y = (int(v) for v in scenes.obj_xy[j])
-        item = cv2.resize(items.images[scenes.obj_item[j]], (s, s),
-                          interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        item = cv2.resize(
+            items.images[scenes.obj_item[j]], (s, s), interpolation=cv2.INTER_LINEAR
+        ).astype(np.float32)
         alpha = np.clip(item / 60.0, 0.0, 1.0)[..., None]
         colour = _tint(rng) * (0.25 + 0.75 * item[..., None] / 255.0)
-        patch = img[y:y + s, x:x + s]
-        img[y:y + s, x:x + s] = patch * (1 - alpha) + colour * alpha
+        patch = img[y : y + s, x : x + s]
+        img[y : y + s, x : x + s] = patch * (1 - alpha) + colour * alpha
     return img.clip(0, 255).astype(np.uint8)
 
 

@@ -43,7 +43,7 @@ def header(name: str, size: int, directory: bool = False) -> bytes:
         info.mode, info.type = (0o755, tarfile.DIRTYPE) if directory else (0o644, tarfile.REGTYPE)
         return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
     h = bytearray(_TEMPLATE)
-    h[0:len(raw)] = raw
+    h[0 : len(raw)] = raw
     h[124:136] = b"%011o\0" % size
     if directory:
         h[100:108], h[156:157] = b"0000755\0", tarfile.DIRTYPE

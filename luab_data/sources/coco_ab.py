@@ -27,9 +27,20 @@ from luab_data.sources.sharding import in_shard
 POLICIES = ("replay", "last-add")
 BATCH = 256  # elements per Arrow batch
 # Keys of a record object (never of the objects nested in it): where the next element begins.
-TOP_KEYS = ("image_id", "worker_id", "hit_id", "page_id", "imageWidth", "imageHeight",
-            "originalImageWidth", "originalImageHeight", "timeSpent", "actionHistories",
-            "categoryHistories", "mouseTracking")  # fmt: skip
+TOP_KEYS = (
+    "image_id",
+    "worker_id",
+    "hit_id",
+    "page_id",
+    "imageWidth",
+    "imageHeight",
+    "originalImageWidth",
+    "originalImageHeight",
+    "timeSpent",
+    "actionHistories",
+    "categoryHistories",
+    "mouseTracking",
+)
 # Integer fields: the record column (or type) each one fills, and the least sensible value
 # (image ids, pages, durations and sizes are never negative; a size of 0 is zero-size).
 INT_RANGES = {
@@ -139,8 +150,11 @@ class CocoABSource:
                 reject = Reject(f"?{where}", v.MALFORMED_JSON, element.detail, where)
                 rejects.append((index, reject))
             return
-        raw_id = element.key_value if isinstance(element, BrokenElement) else (
-            element.get("image_id") if isinstance(element, dict) else None)  # fmt: skip
+        raw_id = (
+            element.key_value
+            if isinstance(element, BrokenElement)
+            else (element.get("image_id") if isinstance(element, dict) else None)
+        )
         known = type(raw_id) is int and _INT64[0] <= raw_id <= _INT64[1]
         key = str(raw_id) if known else f"?{where}"
         if not (in_shard(key, shard) if known else shard[0] == 0):
@@ -157,8 +171,7 @@ class CocoABSource:
         """Trace checks (vectorised over the batch), icon replay and the image check."""
         traces = _traces([p[-2] for p in parsed])
         rows = []
-        for (index, key, where, ints, texts, _, actions), trace in zip(parsed, traces,
-                                                                       strict=True):  # fmt: skip
+        for (index, key, where, ints, texts, _, actions), trace in zip(parsed, traces, strict=True):
             try:
                 if isinstance(trace, RejectError):
                     raise trace
@@ -167,9 +180,18 @@ class CocoABSource:
             except RejectError as err:
                 rejects.append((index, Reject(key, err.reason, err.detail, where)))
                 continue
-            rows.append(_Row(ints["image_id"], ints["originalImageWidth"],
-                             ints["originalImageHeight"], ints["timeSpent"], ints["page_id"],
-                             *texts, trace, icons))  # fmt: skip
+            rows.append(
+                _Row(
+                    ints["image_id"],
+                    ints["originalImageWidth"],
+                    ints["originalImageHeight"],
+                    ints["timeSpent"],
+                    ints["page_id"],
+                    *texts,
+                    trace,
+                    icons,
+                )
+            )
         return rows
 
     def _check_image(self, image_id: int) -> None:
@@ -242,19 +264,23 @@ def _traces(samples: list[list]) -> list:
     except (KeyError, TypeError, ValueError):
         ok = False
     if not ok:  # rare: find the elements at fault, check the others alone
-        return [_traces([s])[0] if _numeric(s) else RejectError(v.BAD_FIELD, _trace_type_error(s))
-                for s in samples]  # fmt: skip
+        return [
+            _traces([s])[0] if _numeric(s) else RejectError(v.BAD_FIELD, _trace_type_error(s))
+            for s in samples
+        ]
     flat = flat.astype(np.float64).reshape(-1, 3)
     ends = np.cumsum(lens)
     errors = _trace_errors(flat, ends)
-    return [errors.get(k) or flat[e - n : e] for k, (n, e) in enumerate(zip(lens, ends,
-                                                                             strict=True))]
+    return [
+        errors.get(k) or flat[e - n : e] for k, (n, e) in enumerate(zip(lens, ends, strict=True))
+    ]
 
 
 def _numeric(samples: list) -> bool:
     try:
         return np.array([(d["timeAt"], d["x"], d["y"]) for d in samples]).dtype.kind in "iuf" or (
-            not samples)  # fmt: skip
+            not samples
+        )
     except (KeyError, TypeError, ValueError):
         return False
 
@@ -277,9 +303,11 @@ def _trace_errors(flat: np.ndarray, ends: np.ndarray) -> dict[int, RejectError]:
     bad_t = ~((t >= 0) & (t <= v.PAGE_MS_MAX))
     back = np.concatenate([[False], (np.diff(t) < 0) & (el[1:] == el[:-1])]) if len(t) else bad_t
     errors: dict[int, RejectError] = {}
-    for mask, reason, what in ((back, v.BAD_TIMES, "goes back in time"),
-                               (bad_t, v.BAD_TIMES, "time is absurd"),
-                               (bad_xy, v.BAD_COORDINATES, "is not finite or far outside")):
+    for mask, reason, what in (
+        (back, v.BAD_TIMES, "goes back in time"),
+        (bad_t, v.BAD_TIMES, "time is absurd"),
+        (bad_xy, v.BAD_COORDINATES, "is not finite or far outside"),
+    ):
         for r in np.flatnonzero(mask)[::-1]:  # later checks and earlier rows win
             k = int(el[r])
             first = r - (ends[k - 1] if k else 0)
@@ -304,10 +332,12 @@ def _actions(actions) -> list[tuple]:
             raise RejectError(v.BAD_FIELD, f"actionHistories[{i}] is not an object: {_show(a)}")
         t = a.get("timeAt", float("nan"))
         if not _number(t):
-            raise RejectError(v.BAD_FIELD, f"actionHistories[{i}].timeAt = {_show(t)} must be "
-                              "a number")  # fmt: skip
-        out.append((_text(a.get("actionType")), _text(a.get("iconType")), t,
-                    *_point(a.get("pointTo"), i)))  # fmt: skip
+            raise RejectError(
+                v.BAD_FIELD, f"actionHistories[{i}].timeAt = {_show(t)} must be a number"
+            )
+        out.append(
+            (_text(a.get("actionType")), _text(a.get("iconType")), t, *_point(a.get("pointTo"), i))
+        )
     return out
 
 
@@ -315,8 +345,10 @@ def _point(p, i: int) -> tuple[float, float]:
     if p is None:
         return float("nan"), float("nan")
     if not isinstance(p, dict) or not all(_number(p.get(k)) for k in ("x", "y")):
-        raise RejectError(v.BAD_FIELD, f"actionHistories[{i}].pointTo must be {{x, y}} with "
-                          f"numbers, or null: {_show(p)}")  # fmt: skip
+        raise RejectError(
+            v.BAD_FIELD,
+            f"actionHistories[{i}].pointTo must be {{x, y}} with numbers, or null: {_show(p)}",
+        )
     return p["x"], p["y"]
 
 
@@ -363,10 +395,12 @@ def _columns(rows: list[_Row], jpegs) -> pa.RecordBatch:
         "ann_submit_s": list_array(one, np.zeros(n), i64, nulls),
         "ann_page": _singletons(pages, pa.int16()),
         "ann_hover_count": list_array(one, np.zeros(n), pa.int32(), nulls),
-        **{c: list_array(np.zeros(n + 1), [], f32) for c in ("box_x0", "box_y0", "box_x1",
-                                                             "box_y1")},
+        **{
+            c: list_array(np.zeros(n + 1), [], f32)
+            for c in ("box_x0", "box_y0", "box_x1", "box_y1")
+        },
         "box_class": list_array(np.zeros(n + 1), [], pa.int32()),
-    }  # fmt: skip
+    }
     if jpegs is not None:
         cols["jpeg"] = pa.array(jpegs, pa.binary())
     schema = record_schema(jpegs is not None)

@@ -112,8 +112,10 @@ class JsonList:
         if nxt is None:  # the last element: the list must close after it
             body = text.rstrip(_SPACE)
             if not body.endswith(b"]"):
-                raise SourceError(f"{self.path}: the JSON list is truncated (no closing ']') "
-                                  f"inside element {index}, at byte {at}")  # fmt: skip
+                raise SourceError(
+                    f"{self.path}: the JSON list is truncated (no closing ']') "
+                    f"inside element {index}, at byte {at}"
+                )
             text = body[:-1]
         yield index, self._decode(text, at)
         return None if nxt is None else nxt + 1
@@ -173,8 +175,10 @@ class JsonList:
                 return at + len(text[:end].encode("utf-8", "replace"))
             except json.JSONDecodeError:
                 if at + size >= _size(f):
-                    raise SourceError(f"{self.path}: the JSON ends inside the element at "
-                                      f"byte {at} (truncated file?)") from None  # fmt: skip
+                    raise SourceError(
+                        f"{self.path}: the JSON ends inside the element at "
+                        f"byte {at} (truncated file?)"
+                    ) from None
                 size *= 2
 
     def _framing(self, f: IO[bytes], at: int, index: int) -> ListProblem:
@@ -185,10 +189,14 @@ class JsonList:
             if problem is not None:
                 return problem
         if not c:
-            raise SourceError(f"{self.path}: the JSON list is truncated (no closing ']') "
-                              f"after element {index - 1}, at byte {at}")  # fmt: skip
-        raise SourceError(f"{self.path}: at byte {at}, after element {index - 1}: expected ',' "
-                          f"or ']', found {_read(f, at, 40)!r}")  # fmt: skip
+            raise SourceError(
+                f"{self.path}: the JSON list is truncated (no closing ']') "
+                f"after element {index - 1}, at byte {at}"
+            )
+        raise SourceError(
+            f"{self.path}: at byte {at}, after element {index - 1}: expected ',' "
+            f"or ']', found {_read(f, at, 40)!r}"
+        )
 
     def _after_list(self, f: IO[bytes], at: int) -> ListProblem | None:
         """Only whitespace may follow the list: anything else (a second list appended, say)

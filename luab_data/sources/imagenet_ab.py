@@ -145,8 +145,13 @@ def _folder_blocks(path: Path, progress: Progress, keep_data: bool = True) -> It
             kinds.append(got if kind == REGULAR else kind)
         ends = np.cumsum([len(d) for d in datas], dtype=np.int64)
         progress.done += len(batch)
-        yield MemberBlock(b"".join(datas), [n for n, _ in batch], ends - [len(d) for d in datas],
-                          ends, np.array(kinds, np.int8))  # fmt: skip
+        yield MemberBlock(
+            b"".join(datas),
+            [n for n, _ in batch],
+            ends - [len(d) for d in datas],
+            ends,
+            np.array(kinds, np.int8),
+        )
 
 
 def _relative(root: Path, name: str) -> str:
@@ -190,14 +195,18 @@ class ImageNetABSource:
         if self.classes is None:
             if self.is_folder:  # the class folders are the wnids: cheap and exact
                 dirs = _class_dirs(_xml_root(self.path))
-                self.classes = self._choose([d.name for d in dirs if WNID.fullmatch(d.name) and
-                                             not d.is_symlink()], "class folders")  # fmt: skip
+                self.classes = self._choose(
+                    [d.name for d in dirs if WNID.fullmatch(d.name) and not d.is_symlink()],
+                    "class folders",
+                )
             else:  # only the first block is read: no second decompression of the archive
                 blocks = tar_stream.iter_blocks(self.path, None, keep_data=False)
                 first = next(blocks, None)
                 blocks.close()
-                self.classes = self._choose(_wnids([first] if first else []),
-                                            f"first {len(first.names) if first else 0} members")
+                self.classes = self._choose(
+                    _wnids([first] if first else []),
+                    f"first {len(first.names) if first else 0} members",
+                )
         return self.classes
 
     def _choose(self, wnids: list[str], seen: str) -> list[str]:
@@ -210,10 +219,14 @@ class ImageNetABSource:
         if not self.is_folder:  # a listing pass: every shard must number classes alike
             wnids = _wnids(self._blocks(Progress(0), False))
         classes = sorted(set(wnids))
-        warnings.warn(f"{self.path}: {len(foreign)} wnid(s) outside ImageNet-1k (first: "
-                      f"{foreign[0]}), so labels index the source's own {len(classes)} sorted "
-                      "wnids, not the 1,000 ImageNet-1k classes; --classes FILE chooses the "
-                      "list", ClassListWarning, stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"{self.path}: {len(foreign)} wnid(s) outside ImageNet-1k (first: "
+            f"{foreign[0]}), so labels index the source's own {len(classes)} sorted "
+            "wnids, not the 1,000 ImageNet-1k classes; --classes FILE chooses the "
+            "list",
+            ClassListWarning,
+            stacklevel=3,
+        )
         return classes
 
     def metadata(self) -> dict:
@@ -244,8 +257,9 @@ class ImageNetABSource:
         chunk, rejects = _Chunk(block.buf), []
         kinds = block.kinds if block.kinds is not None else np.zeros(len(block.names), np.int8)
         root = _xml_root(self.path) if self.is_folder else None
-        for name, start, end, kind in zip(block.names, block.starts, block.ends, kinds.tolist(),
-                                          strict=True):  # fmt: skip
+        for name, start, end, kind in zip(
+            block.names, block.starts, block.ends, kinds.tolist(), strict=True
+        ):
             n = next(seq)
             member = _relative(root, name) if root is not None else name
             parsed = split_member_name(member) if kind != SPECIAL else None  # safe if parsed
@@ -264,14 +278,17 @@ class ImageNetABSource:
             if bad is not None:
                 rejects.append((n, Reject(stem, bad.reason, bad.detail, name)))
                 continue
-            for column, value in zip((chunk.starts, chunk.ends, chunk.where, chunk.wnid,
-                                      chunk.stem, chunk.seq), (start, end, name, wnid, stem, n),
-                                     strict=True):  # fmt: skip
+            for column, value in zip(
+                (chunk.starts, chunk.ends, chunk.where, chunk.wnid, chunk.stem, chunk.seq),
+                (start, end, name, wnid, stem, n),
+                strict=True,
+            ):
                 column.append(value)
         return chunk, rejects
 
-    def _member_problem(self, wnid: str, stem: str, kind: int, index: dict, seen: set
-                        ) -> RejectError | None:  # fmt: skip
+    def _member_problem(
+        self, wnid: str, stem: str, kind: int, index: dict, seen: set
+    ) -> RejectError | None:
         if stem in seen:
             return RejectError(v.DUPLICATE_KEY, "the same image stem occurs twice")
         if kind == OVERSIZED:
@@ -279,9 +296,12 @@ class ImageNetABSource:
             return RejectError(v.MALFORMED_XML, f"larger than {limit} MiB: not an annotation file")
         if wnid not in index:
             if self._assumed:  # see class_list: labels already index ImageNet-1k
-                return RejectError(v.UNKNOWN_CLASS, f"wnid {wnid} is not an ImageNet-1k class, "
-                                   f"which labels index (the {self._assumed} held only "
-                                   "ImageNet-1k wnids); --classes FILE chooses the list")
+                return RejectError(
+                    v.UNKNOWN_CLASS,
+                    f"wnid {wnid} is not an ImageNet-1k class, "
+                    f"which labels index (the {self._assumed} held only "
+                    "ImageNet-1k wnids); --classes FILE chooses the list",
+                )
             return RejectError(v.UNKNOWN_CLASS, f"wnid {wnid} is not in the class list")
         if self.images is not None:
             image = v.image_file(self.images, _image_path(wnid, stem))
@@ -304,8 +324,10 @@ class ImageNetABSource:
         labels = np.array([index[w] for w in wnids], np.int32)
         jpegs = None
         if self.with_jpeg:
-            paths = [v.image_file(self.images, _image_path(w, s))
-                     for w, s in zip(wnids, stems, strict=True)]  # fmt: skip
+            paths = [
+                v.image_file(self.images, _image_path(w, s))
+                for w, s in zip(wnids, stems, strict=True)
+            ]
             jpegs = [p.read_bytes() for p in paths]
         batch = _columns(scan, chunk.buf, wnids, stems, labels, index, jpegs)
         return batch, [r for _, r in sorted(rejects, key=lambda sr: sr[0])]
@@ -321,8 +343,14 @@ _JUNK_WHAT = {True: "AppleDouble (._*) files", False: ".DS_Store-like files"}
 
 def _wnids(blocks) -> list[str]:
     """The wnids of the annotation members of some blocks (links and junk make no class)."""
-    return sorted({p[0] for b in blocks for n, k in zip(b.names, b.kinds.tolist(), strict=True)
-                   if k != SPECIAL and (p := split_member_name(n))})  # fmt: skip
+    return sorted(
+        {
+            p[0]
+            for b in blocks
+            for n, k in zip(b.names, b.kinds.tolist(), strict=True)
+            if k != SPECIAL and (p := split_member_name(n))
+        }
+    )
 
 
 def _error_detail(doc: bytes, err: int, at: int) -> str:
@@ -341,8 +369,9 @@ def _offsets(ends: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], ends]).astype(np.int32)
 
 
-def _columns(scan, raw: bytes, wnids: list[str], stems: list[str], labels, index: dict,
-             jpegs) -> pa.RecordBatch:  # fmt: skip
+def _columns(
+    scan, raw: bytes, wnids: list[str], stems: list[str], labels, index: dict, jpegs
+) -> pa.RecordBatch:
     keep = scan.doc_err == 0
     ann_off = _offsets(scan.doc_ann_end[keep])
     smp_off = _offsets(scan.doc_smp_end[keep])

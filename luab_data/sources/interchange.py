@@ -31,10 +31,16 @@ BATCH = 2048
 _GROUPS = {
     "click_x": ("click_y", "click_t", "click_class", "click_ann"),
     "trace_x": ("trace_y", "trace_t", "trace_ann"),
-    "ann_worker": ("ann_task", "ann_selected", "ann_duration_ms", "ann_submit_s", "ann_page",
-                   "ann_hover_count"),
+    "ann_worker": (
+        "ann_task",
+        "ann_selected",
+        "ann_duration_ms",
+        "ann_submit_s",
+        "ann_page",
+        "ann_hover_count",
+    ),
     "box_x0": ("box_y0", "box_x1", "box_y1", "box_class"),
-}  # fmt: skip
+}
 
 
 def header(metadata: dict) -> dict:
@@ -43,15 +49,25 @@ def header(metadata: dict) -> dict:
 
 # Least sensible value of the integer columns (else their Arrow type's range applies).
 _MINIMUM = {
-    "width": 0, "height": 0, "label": -1, "labels": 0, "click_class": 0, "click_ann": 0,
-    "trace_ann": 0, "ann_duration_ms": 0, "ann_submit_s": 0, "ann_page": 0,
-    "ann_hover_count": 0, "box_class": -1,
-}  # fmt: skip
+    "width": 0,
+    "height": 0,
+    "label": -1,
+    "labels": 0,
+    "click_class": 0,
+    "click_ann": 0,
+    "trace_ann": 0,
+    "ann_duration_ms": 0,
+    "ann_submit_s": 0,
+    "ann_page": 0,
+    "ann_hover_count": 0,
+    "box_class": -1,
+}
 _INTEGER_COLUMNS = [
-    f.name for f in RECORD_SCHEMA
+    f.name
+    for f in RECORD_SCHEMA
     if pa.types.is_integer(f.type.value_type if pa.types.is_list(f.type) else f.type)
     and f.name not in ("n_clicks", "n_trace")  # recomputed from the lists
-]  # fmt: skip
+]
 
 
 def _check_integers(row: dict) -> None:
@@ -84,11 +100,22 @@ def check_row(row: dict) -> None:
         n = len(row[head])
         if any(len(row[c]) != n for c in rest):
             raise RejectError(v.BAD_FIELD, f"columns {head}, {', '.join(rest)} differ in length")
-    for name in ("click_x", "click_y", "trace_x", "trace_y", "point_x", "point_y", "box_x0",
-                 "box_y0", "box_x1", "box_y1"):  # fmt: skip
+    for name in (
+        "click_x",
+        "click_y",
+        "trace_x",
+        "trace_y",
+        "point_x",
+        "point_y",
+        "box_x0",
+        "box_y0",
+        "box_x1",
+        "box_y1",
+    ):
         values = row[name] if isinstance(row[name], list) else [row[name]]
-        if any(x is not None and not (isinstance(x, int | float) and v.coord_ok(x))
-               for x in values):  # fmt: skip
+        if any(
+            x is not None and not (isinstance(x, int | float) and v.coord_ok(x)) for x in values
+        ):
             raise RejectError(v.BAD_COORDINATES, f"{name} has a non-finite or absurd value")
     for times, anns in (("trace_t", "trace_ann"), ("click_t", "click_ann")):
         t, a = row[times], row[anns]

@@ -65,6 +65,8 @@ def _safe_images(batch: pa.RecordBatch, name: str) -> tuple[pa.RecordBatch, list
     if not pc.any(bad).as_py():
         return batch, []
     rows = batch.filter(bad).select(["key", "image"]).to_pylist()
-    rejects = [Reject(r["key"], v.UNSAFE_PATH, f"image = {r['image']!r} could leave --images",
-                      name) for r in rows]  # fmt: skip
+    rejects = [
+        Reject(r["key"], v.UNSAFE_PATH, f"image = {r['image']!r} could leave --images", name)
+        for r in rows
+    ]
     return batch.filter(pc.invert(bad)), rejects

@@ -71,8 +71,10 @@ def _check_end(stream: _Decompressed, rest: bytes, at: int) -> None:
     members (a second archive appended) that a reader stopping here would drop unseen."""
     while True:
         if rest.count(0) != len(rest):
-            raise SourceError(f"data follow the end-of-archive marker at byte {at} (two archives "
-                              "concatenated, or a corrupt header)")  # fmt: skip
+            raise SourceError(
+                f"data follow the end-of-archive marker at byte {at} (two archives "
+                "concatenated, or a corrupt header)"
+            )
         at += len(rest)
         rest = stream.read()
         if not rest:
@@ -116,9 +118,11 @@ class _Decompressed:
                     self.zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
                     out += self.zlib.decompress(rest)
             except zlib.error as err:
-                raise SourceError(f"corrupt gzip data after {self.produced} bytes of tar stream "
-                                  f"(compressed bytes {self.consumed - len(raw)}..{self.consumed})"
-                                  f": {err}") from err  # fmt: skip
+                raise SourceError(
+                    f"corrupt gzip data after {self.produced} bytes of tar stream "
+                    f"(compressed bytes {self.consumed - len(raw)}..{self.consumed})"
+                    f": {err}"
+                ) from err
             self.produced += len(out)
             if out:
                 return out
@@ -143,9 +147,13 @@ def iter_blocks(path: Path, progress=None, keep_data: bool = True) -> Iterator[M
     long_name: str | None = None
 
     def flush(cut: int) -> MemberBlock:
-        block = MemberBlock(buf[:cut] if keep_data else b"", list(names),
-                            np.array(starts, np.int64), np.array(ends, np.int64),
-                            np.array(kinds, np.int8))  # fmt: skip
+        block = MemberBlock(
+            buf[:cut] if keep_data else b"",
+            list(names),
+            np.array(starts, np.int64),
+            np.array(ends, np.int64),
+            np.array(kinds, np.int8),
+        )
         names.clear(), starts.clear(), ends.clear(), kinds.clear()
         return block
 
@@ -177,15 +185,19 @@ def iter_blocks(path: Path, progress=None, keep_data: bool = True) -> Iterator[M
             try:
                 size = _check_header(header)
             except _BadHeader as err:
-                raise SourceError(f"the tar header at byte {base + pos} of the tar stream "
-                                  f"(member {_name(header)!r}) is corrupt: {err}") from None
+                raise SourceError(
+                    f"the tar header at byte {base + pos} of the tar stream "
+                    f"(member {_name(header)!r}) is corrupt: {err}"
+                ) from None
             kind = header[156:157]
             step = BLOCK + -(-size // BLOCK) * BLOCK
             meta = kind in (b"L", b"x")  # GNU long name / pax header for the next member
             buffered = meta or (kind in _DATA and size <= v.MAX_MEMBER_BYTES)
             if meta and size > _MAX_META:
-                raise SourceError(f"the tar header at byte {base + pos} declares a {size}-byte "
-                                  "name record (corrupt archive)")  # fmt: skip
+                raise SourceError(
+                    f"the tar header at byte {base + pos} declares a {size}-byte "
+                    "name record (corrupt archive)"
+                )
             end = pos + BLOCK + size
             if buffered and end > len(buf):  # the member's data are not all in the buffer yet
                 if names:
@@ -194,16 +206,20 @@ def iter_blocks(path: Path, progress=None, keep_data: bool = True) -> Iterator[M
                 while len(buf) < BLOCK + size:
                     more = stream.read()
                     if not more:
-                        raise SourceError(f"the archive ends inside member "
-                                          f"{long_name or _name(header)}")  # fmt: skip
+                        raise SourceError(
+                            f"the archive ends inside member {long_name or _name(header)}"
+                        )
                     buf += more
                 if progress is not None:
                     progress.done = stream.consumed
                 continue
             if meta:
                 data = buf[pos + BLOCK : end]
-                long_name = (data.rstrip(b"\0").decode("utf-8", "replace") if kind == b"L"
-                             else _pax_path(data))  # fmt: skip
+                long_name = (
+                    data.rstrip(b"\0").decode("utf-8", "replace")
+                    if kind == b"L"
+                    else _pax_path(data)
+                )
             elif buffered:
                 add(long_name or _name(header), pos + BLOCK, end, REGULAR)
                 long_name = None
@@ -212,8 +228,12 @@ def iter_blocks(path: Path, progress=None, keep_data: bool = True) -> Iterator[M
                     buf, pos, base = buf[end:], step - BLOCK - size, base + end  # padding left
                     continue
             elif kind in _DATA or kind in _SPECIAL:  # reported by name, data skipped unread
-                add(long_name or _name(header), pos + BLOCK, pos + BLOCK,
-                    OVERSIZED if kind in _DATA else SPECIAL)  # fmt: skip
+                add(
+                    long_name or _name(header),
+                    pos + BLOCK,
+                    pos + BLOCK,
+                    OVERSIZED if kind in _DATA else SPECIAL,
+                )
                 long_name = None
             elif kind != b"K":  # directories, global headers (K: a long link target)
                 long_name = None
@@ -221,8 +241,9 @@ def iter_blocks(path: Path, progress=None, keep_data: bool = True) -> Iterator[M
         if names:
             yield flush(pos)
     except SourceError as err:
-        raise SourceError(f"{path}: truncated or corrupt archive after {count} members "
-                          f"(last read: {last}): {err}") from err  # fmt: skip
+        raise SourceError(
+            f"{path}: truncated or corrupt archive after {count} members (last read: {last}): {err}"
+        ) from err
     finally:
         stream.close()
     if progress is not None:

@@ -67,17 +67,39 @@ ERRORS = (
     (v.BAD_FIELD, "value out of range"),
     (v.MALFORMED_XML, "the root element is not <annotation>"),
     (v.MALFORMED_XML, "NUL byte (not allowed in XML)"),
-    (v.MALFORMED_XML, "entity reference other than &lt; &gt; &amp; &quot; &apos; or &#...; "
-                      "(DTD entities are never expanded)"),
+    (
+        v.MALFORMED_XML,
+        "entity reference other than &lt; &gt; &amp; &quot; &apos; or &#...; "
+        "(DTD entities are never expanded)",
+    ),
     (v.MALFORMED_XML, "DOCTYPE, ENTITY or CDATA section (the release has none; not processed)"),
     (v.BAD_FIELD, "more <metadata> blocks than the int16 annotation index holds"),
     (v.BAD_COORDINATES, "box corner missing, not finite or far outside the image"),
 )
 (
-    E_OK, E_MISMATCH, E_EOF, E_TRAILING, E_DEPTH, E_NOROOT, E_NUMBER, E_BOOL, E_INCOMPLETE,
-    E_NOMETA, E_METAFIELD, E_ZERO, E_COORD, E_TIME, E_ORDER, E_RANGE, E_ROOT, E_NUL, E_ENTITY,
-    E_DTD, E_MANY, E_BOX,
-) = range(len(ERRORS))  # fmt: skip
+    E_OK,
+    E_MISMATCH,
+    E_EOF,
+    E_TRAILING,
+    E_DEPTH,
+    E_NOROOT,
+    E_NUMBER,
+    E_BOOL,
+    E_INCOMPLETE,
+    E_NOMETA,
+    E_METAFIELD,
+    E_ZERO,
+    E_COORD,
+    E_TIME,
+    E_ORDER,
+    E_RANGE,
+    E_ROOT,
+    E_NUL,
+    E_ENTITY,
+    E_DTD,
+    E_MANY,
+    E_BOX,
+) = range(len(ERRORS))
 # Errors found at a leaf's text: the reject names the leaf (see field_at).
 LEAF_ERRORS = (E_NUMBER, E_BOOL, E_RANGE)
 
@@ -216,16 +238,34 @@ _GT = np.frombuffer(b"gt;", np.uint8)
 _AMP = np.frombuffer(b"amp;", np.uint8)
 _QUOT = np.frombuffer(b"quot;", np.uint8)
 _APOS = np.frombuffer(b"apos;", np.uint8)
+
+
 class ScanResult:
     """Flat arrays of one scanned chunk (see scan_chunk)."""
 
     def __init__(self, arrays: tuple):
         (
-            self.doc_err, self.doc_errpos, self.doc_ann_end, self.doc_smp_end, self.doc_clk_end,
-            self.doc_obj_end, self.ann_str, self.ann_int, self.ann_sel, self.smp_ann, self.smp_t,
-            self.smp_x, self.smp_y, self.clk_ann, self.clk_t, self.clk_x, self.clk_y,
-            self.obj_name, self.obj_box, self.doc_size,
-        ) = arrays  # fmt: skip
+            self.doc_err,
+            self.doc_errpos,
+            self.doc_ann_end,
+            self.doc_smp_end,
+            self.doc_clk_end,
+            self.doc_obj_end,
+            self.ann_str,
+            self.ann_int,
+            self.ann_sel,
+            self.smp_ann,
+            self.smp_t,
+            self.smp_x,
+            self.smp_y,
+            self.clk_ann,
+            self.clk_t,
+            self.clk_x,
+            self.clk_y,
+            self.obj_name,
+            self.obj_box,
+            self.doc_size,
+        ) = arrays
 
 
 def _leaf_bounds() -> np.ndarray:
@@ -252,8 +292,19 @@ def scan_chunk(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> ScanRes
     cap_smp = n_bytes // 55 + 1
     cap_obj = n_bytes // 17 + 1
     return ScanResult(
-        _scan(buf, starts, ends, n_docs, cap_ann, cap_smp, cap_obj, TAG_HASHES, TAG_IDS,
-              LEAF_BOUNDS, MAX_ANNOTATIONS)  # fmt: skip
+        _scan(
+            buf,
+            starts,
+            ends,
+            n_docs,
+            cap_ann,
+            cap_smp,
+            cap_obj,
+            TAG_HASHES,
+            TAG_IDS,
+            LEAF_BOUNDS,
+            MAX_ANNOTATIONS,
+        )
     )
 
 
@@ -293,15 +344,53 @@ def _scan(buf, starts, ends, n_docs, cap_ann, cap_smp, cap_obj, hashes, ids, bou
     for d in range(n_docs):
         saved = state.copy()
         err, pos = _scan_doc(
-            buf, starts[d], ends[d], hashes, ids, bounds, stacks, state, doc_size[d],
-            ann_str, ann_int, ann_sel, smp_ann, smp_t, smp_x, smp_y, smp_pos, clk_ann, clk_t,
-            clk_x, clk_y, clk_pos, obj_name, obj_box, obj_pos,
-        )  # fmt: skip
+            buf,
+            starts[d],
+            ends[d],
+            hashes,
+            ids,
+            bounds,
+            stacks,
+            state,
+            doc_size[d],
+            ann_str,
+            ann_int,
+            ann_sel,
+            smp_ann,
+            smp_t,
+            smp_x,
+            smp_y,
+            smp_pos,
+            clk_ann,
+            clk_t,
+            clk_x,
+            clk_y,
+            clk_pos,
+            obj_name,
+            obj_box,
+            obj_pos,
+        )
         if err == E_OK:
             err, pos = _validate(
-                saved, state, max_ann, doc_size[d], ann_int, ann_sel, smp_ann, smp_t, smp_x,
-                smp_y, smp_pos, clk_ann, clk_t, clk_x, clk_y, clk_pos, obj_box, obj_pos,
-            )  # fmt: skip
+                saved,
+                state,
+                max_ann,
+                doc_size[d],
+                ann_int,
+                ann_sel,
+                smp_ann,
+                smp_t,
+                smp_x,
+                smp_y,
+                smp_pos,
+                clk_ann,
+                clk_t,
+                clk_x,
+                clk_y,
+                clk_pos,
+                obj_box,
+                obj_pos,
+            )
             pos = pos - starts[d] if pos > 0 else 0
         if err != E_OK:
             state[:] = saved  # drop what the bad document added
@@ -313,19 +402,57 @@ def _scan(buf, starts, ends, n_docs, cap_ann, cap_smp, cap_obj, hashes, ids, bou
         doc_obj_end[d] = state[3]
     na, ns, nc, no = state[0], state[1], state[2], state[3]
     return (
-        doc_err, doc_errpos, doc_ann_end, doc_smp_end, doc_clk_end, doc_obj_end,
-        ann_str[:na], ann_int[:na], ann_sel[:na], smp_ann[:ns], smp_t[:ns], smp_x[:ns],
-        smp_y[:ns], clk_ann[:nc], clk_t[:nc], clk_x[:nc], clk_y[:nc], obj_name[:no],
-        obj_box[:no], doc_size,
-    )  # fmt: skip
+        doc_err,
+        doc_errpos,
+        doc_ann_end,
+        doc_smp_end,
+        doc_clk_end,
+        doc_obj_end,
+        ann_str[:na],
+        ann_int[:na],
+        ann_sel[:na],
+        smp_ann[:ns],
+        smp_t[:ns],
+        smp_x[:ns],
+        smp_y[:ns],
+        clk_ann[:nc],
+        clk_t[:nc],
+        clk_x[:nc],
+        clk_y[:nc],
+        obj_name[:no],
+        obj_box[:no],
+        doc_size,
+    )
 
 
 @numba.njit(cache=True, nogil=True)
 def _scan_doc(
-    buf, start, end, hashes, ids, bounds, stacks, state, size, ann_str, ann_int, ann_sel,
-    smp_ann, smp_t, smp_x, smp_y, smp_pos, clk_ann, clk_t, clk_x, clk_y, clk_pos, obj_name,
-    obj_box, obj_pos,
-):  # fmt: skip
+    buf,
+    start,
+    end,
+    hashes,
+    ids,
+    bounds,
+    stacks,
+    state,
+    size,
+    ann_str,
+    ann_int,
+    ann_sel,
+    smp_ann,
+    smp_t,
+    smp_x,
+    smp_y,
+    smp_pos,
+    clk_ann,
+    clk_t,
+    clk_x,
+    clk_y,
+    clk_pos,
+    obj_name,
+    obj_box,
+    obj_pos,
+):
     """Scan one document; returns (error code, byte offset of the error within the doc)."""
     stack_h, stack_id, had_child, text_at = stacks
     depth = 0
@@ -424,11 +551,19 @@ def _scan_doc(
                 j = state[k]
                 if tag == T_MOUSE:
                     smp_ann[j], smp_t[j], smp_x[j], smp_y[j], smp_pos[j] = (
-                        ann, cur_t, cur_x, cur_y, item_at,
+                        ann,
+                        cur_t,
+                        cur_x,
+                        cur_y,
+                        item_at,
                     )
                 else:
                     clk_ann[j], clk_t[j], clk_x[j], clk_y[j], clk_pos[j] = (
-                        ann, cur_t, cur_x, cur_y, item_at,
+                        ann,
+                        cur_t,
+                        cur_x,
+                        cur_y,
+                        item_at,
                     )
                 state[k] = j + 1
             if tag == T_META:
@@ -514,9 +649,25 @@ def _meta_field(buf, tag, ts, te, ann, bounds, ann_str, ann_int, ann_sel):
 
 @numba.njit(cache=True, nogil=True)
 def _validate(
-    saved, state, max_ann, size, ann_int, ann_sel, smp_ann, smp_t, smp_x, smp_y, smp_pos,
-    clk_ann, clk_t, clk_x, clk_y, clk_pos, obj_box, obj_pos,
-):  # fmt: skip
+    saved,
+    state,
+    max_ann,
+    size,
+    ann_int,
+    ann_sel,
+    smp_ann,
+    smp_t,
+    smp_x,
+    smp_y,
+    smp_pos,
+    clk_ann,
+    clk_t,
+    clk_x,
+    clk_y,
+    clk_pos,
+    obj_box,
+    obj_pos,
+):
     """Per-document checks after a clean scan; returns (error, absolute byte position)."""
     if state[0] == saved[0]:
         return E_NOMETA, 0

@@ -33,10 +33,25 @@ from luab_data.sources import Source
 from luab_data.writers.atomic import write_json_atomic
 
 _SPILL_COLUMNS = (
-    "key", "image", "label", "labels", "width", "height", "point_x", "point_y",
-    "click_x", "click_y", "click_t", "click_class", "click_ann",
-    "trace_x", "trace_y", "trace_t", "trace_ann", "ann_selected",
-)  # fmt: skip
+    "key",
+    "image",
+    "label",
+    "labels",
+    "width",
+    "height",
+    "point_x",
+    "point_y",
+    "click_x",
+    "click_y",
+    "click_t",
+    "click_class",
+    "click_ann",
+    "trace_x",
+    "trace_y",
+    "trace_t",
+    "trace_ann",
+    "ann_selected",
+)
 
 
 # ---------------------------------------------------------------- pass 1: records -> spill
@@ -50,8 +65,16 @@ class Spill:
     rejects: list[Reject] = field(default_factory=list)
 
 
-def spill_records(source: Source, path: Path, shard: tuple[int, int], *, images: Path | None,
-                  strict: bool, show_progress: bool, summary: Summary) -> Spill:  # fmt: skip
+def spill_records(
+    source: Source,
+    path: Path,
+    shard: tuple[int, int],
+    *,
+    images: Path | None,
+    strict: bool,
+    show_progress: bool,
+    summary: Summary,
+) -> Spill:
     """Stream the shard's records into an Arrow file; records whose image is missing (sources
     that do not check images themselves) are rejected here."""
     spill = Spill(path)
@@ -74,15 +97,19 @@ def spill_records(source: Source, path: Path, shard: tuple[int, int], *, images:
     return spill
 
 
-def _drop_missing(batch: pa.RecordBatch, images: Path, spill: Spill, strict: bool,
-                  summary: Summary) -> pa.RecordBatch:  # fmt: skip
+def _drop_missing(
+    batch: pa.RecordBatch, images: Path, spill: Spill, strict: bool, summary: Summary
+) -> pa.RecordBatch:
     paths = batch.column("image").to_pylist()
     ok = [(images / p).is_file() for p in paths]
     if all(ok):
         return batch
     keys = batch.column("key").to_pylist()
-    bad = [Reject(k, "missing-image", f"{images / p} is missing", str(images / p))
-           for k, p, good in zip(keys, paths, ok, strict=True) if not good]  # fmt: skip
+    bad = [
+        Reject(k, "missing-image", f"{images / p} is missing", str(images / p))
+        for k, p, good in zip(keys, paths, ok, strict=True)
+        if not good
+    ]
     if strict:
         raise StrictError(bad[0])
     spill.rejects += bad
@@ -94,24 +121,41 @@ def _drop_missing(batch: pa.RecordBatch, images: Path, spill: Spill, strict: boo
 # ---------------------------------------------------------------- pass 2: spill -> .beton
 
 
-def write_samples(dataset: PackSamples, path: Path, keep: np.ndarray, workers: int,
-                  show_progress: bool) -> None:  # fmt: skip
+def write_samples(
+    dataset: PackSamples, path: Path, keep: np.ndarray, workers: int, show_progress: bool
+) -> None:
     from tqdm import tqdm
 
-    bar = tqdm(total=len(keep), desc="pack", unit="img", disable=not show_progress,
-               dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=len(keep), desc="pack", unit="img", disable=not show_progress, dynamic_ncols=True
+    )
     with bar:
-        write_indexed(str(path), dataset.fields, dataset, keep, workers=workers,
-                      chunk_size=dataset.options.chunk_size,
-                      page_size=dataset.options.page_size, progress=bar)  # fmt: skip
+        write_indexed(
+            str(path),
+            dataset.fields,
+            dataset,
+            keep,
+            workers=workers,
+            chunk_size=dataset.options.chunk_size,
+            page_size=dataset.options.page_size,
+            progress=bar,
+        )
 
 
 def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def pack(spill: Spill, tmp: Path, options: BetonOptions, n_labels: int, images: Path | None,
-         workers: int, strict: bool, show_progress: bool) -> np.ndarray:  # fmt: skip
+def pack(
+    spill: Spill,
+    tmp: Path,
+    options: BetonOptions,
+    n_labels: int,
+    images: Path | None,
+    workers: int,
+    strict: bool,
+    show_progress: bool,
+) -> np.ndarray:
     """Write the .beton from the spill; returns the kept record indices (possibly none).
     Records whose image is refused are rejected (or stop the build when strict) and the file
     rewritten without them."""
@@ -164,21 +208,43 @@ def build_beton(
     _clear_previous(final, overwrite)
     images = Path(images) if images is not None else getattr(source, "images", None)
     tmp, spill_file = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".spill")
-    metadata = {**source.metadata(), "format_version": FORMAT_VERSION, "luab_data": __version__,
-                "shard": list(shard)}  # fmt: skip
+    metadata = {
+        **source.metadata(),
+        "format_version": FORMAT_VERSION,
+        "luab_data": __version__,
+        "shard": list(shard),
+    }
     n_labels = label_width(metadata)
     summary, start = Summary(notes=list(notes)), time.perf_counter()
     try:
         prestart()  # the writer processes' imports overlap the records pass
-        spill = spill_records(source, spill_file, shard, images=images, strict=strict,
-                              show_progress=show_progress, summary=summary)  # fmt: skip
-        if spill.rows and images is None and "jpeg" not in pa.ipc.open_file(
-                str(spill_file)).schema.names:  # fmt: skip
+        spill = spill_records(
+            source,
+            spill_file,
+            shard,
+            images=images,
+            strict=strict,
+            show_progress=show_progress,
+            summary=summary,
+        )
+        if (
+            spill.rows
+            and images is None
+            and "jpeg" not in pa.ipc.open_file(str(spill_file)).schema.names
+        ):
             raise ValueError("the records carry no JPEG bytes: give the image folder (--images)")
         keep = np.arange(0)
         if spill.rows:
-            keep = pack(spill, tmp, options, n_labels, images, workers or default_workers(),
-                        strict, show_progress)  # fmt: skip
+            keep = pack(
+                spill,
+                tmp,
+                options,
+                n_labels,
+                images,
+                workers or default_workers(),
+                strict,
+                show_progress,
+            )
         summary.records = len(keep)
         if n_bad := spill.rows - len(keep):
             summary.rejects[BAD_IMAGE] += n_bad
@@ -187,8 +253,9 @@ def build_beton(
             _write_rejects(final, spill)
             raise NothingKept(summary, spill.rejects, rejects_path(final), shard, images)
         keys = [spill.keys[i] for i in keep]
-        manifest = make_manifest(final, tmp, keys, source, metadata, options, images,
-                                 summary.as_dict())  # fmt: skip
+        manifest = make_manifest(
+            final, tmp, keys, source, metadata, options, images, summary.as_dict()
+        )
         _commit(final, tmp, spill, manifest)
     finally:
         for path in (tmp, spill_file):
