@@ -35,6 +35,8 @@ print("HEAVY", heavy)
 
 
 def _run(cmd: list, cwd: Path, env: dict | None = None, timeout: int = 600) -> str:
+    # A PYTHONPATH of the caller's (a checkout on it) would shadow the installed wheel.
+    env = env if env is not None else {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
         [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -152,8 +154,14 @@ def test_installed_wheel_runs_the_commands_from_any_folder(venv, tmp_path):
     assert "records kept" in out and (work / "s.beton").stat().st_size > 0
     built = json.loads((work / "s.beton.json").read_text())["build"]
     assert built["raster"]["size"] == [32, 32]  # the sample recipe's maps, found in the wheel
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     bench = subprocess.run(
-        [cli, "bench", "--stages", "ingest"], cwd=work, capture_output=True, text=True, timeout=120
+        [cli, "bench", "--stages", "ingest"],
+        cwd=work,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert bench.returncode != 0 and "source checkout" in bench.stderr, bench.stderr
     assert "Traceback" not in bench.stderr

@@ -817,15 +817,16 @@ def load_checkpoint(path: str, net: LuabNet, opt: torch.optim.Optimizer, ema: EM
 
 
 class MetricsLog:
-    """JSON lines, one record per event, written by rank 0 and flushed at once."""
+    """JSON lines, one record per event, written by rank 0. The file is opened per record
+    (events are few): a record is on disk at once, and no handle outlives the run."""
 
     def __init__(self, path: Path, enabled: bool) -> None:
-        self.file = open(path, "a") if enabled else None  # noqa: SIM115 (lives with the run)
+        self.path = path if enabled else None
 
     def write(self, event: str, **values: Any) -> None:
-        if self.file is not None:
-            self.file.write(json.dumps({"event": event, "time": time.time(), **values}) + "\n")
-            self.file.flush()
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"event": event, "time": time.time(), **values}) + "\n")
 
 
 # ============================================================================== main
