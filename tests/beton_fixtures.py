@@ -37,3 +37,22 @@ def built(root: Path, kind: str) -> Path:
     out = root / f"{kind}.beton"
     build_beton(source, out, options=OPTIONS, workers=2, show_progress=False)
     return out
+
+
+def stored_samples(path: Path) -> dict[str, dict]:
+    """Every stored field of every sample, by key: stored bytes, not decoded values (the
+    equality of a merged or distributed build with a single one)."""
+    import json
+
+    from luab_data.beton.file import BetonFile
+    from luab_data.beton.paths import manifest_path
+
+    beton, keys = BetonFile(path), json.loads(manifest_path(path).read_text())["keys"]
+    out = {}
+    for i, key in enumerate(keys):
+        fields = {n: bytes(beton.raw(n, i)) for n in beton.names if n not in ("label", "index")}
+        meta = beton.metadata("image")[i]
+        fields["image-meta"] = (int(meta["mode"]), int(meta["width"]), int(meta["height"]))
+        fields["label"] = int(beton.arrays("label", [i])[0])
+        out[key] = fields
+    return out

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from beton_fixtures import OPTIONS, sample_dir, source_path
+from beton_fixtures import OPTIONS, sample_dir, source_path, stored_samples
 from click.testing import CliRunner
 
 from luab_data.beton.file import BetonFile
@@ -43,25 +43,12 @@ def shards(root):
     return [_build(root, root / "parts" / "all.beton", (i, 3)) for i in range(3)]
 
 
-def _samples(path) -> dict[str, dict]:
-    """Every stored field of every sample, by key: stored bytes, not decoded values."""
-    beton, keys = BetonFile(path), json.loads(manifest_path(path).read_text())["keys"]
-    out = {}
-    for i, key in enumerate(keys):
-        fields = {n: bytes(beton.raw(n, i)) for n in beton.names if n not in ("label", "index")}
-        meta = beton.metadata("image")[i]
-        fields["image-meta"] = (int(meta["mode"]), int(meta["width"]), int(meta["height"]))
-        fields["label"] = int(beton.arrays("label", [i])[0])
-        out[key] = fields
-    return out
-
-
 @pytest.mark.timeout(600)
 def test_merged_shards_equal_a_single_build_sample_for_sample(root, single, shards, tmp_path):
     out = tmp_path / "merged.beton"
     result = CliRunner().invoke(main, ["merge", str(out), str(root / "parts")])
     assert result.exit_code == 0, result.output
-    merged, whole = _samples(out), _samples(single)
+    merged, whole = stored_samples(out), stored_samples(single)
     assert sorted(merged) == sorted(whole) and len(merged) > 30
     for key, fields in whole.items():
         assert merged[key] == fields, key

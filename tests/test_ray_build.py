@@ -12,10 +12,9 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 import ray_plants
-from beton_fixtures import sample_dir, source_path
+from beton_fixtures import sample_dir, source_path, stored_samples
 from click.testing import CliRunner
 
-from luab_data.beton.file import BetonFile
 from luab_data.beton.paths import beton_path, manifest_path
 from luab_data.cli import main
 from luab_data.ray_build import BuildJob, ShardsFailed, build_on_ray
@@ -72,21 +71,8 @@ def local_beton(root):
     return out
 
 
-def _samples(path: Path) -> dict[str, dict]:
-    """Every stored field of every sample, by key: stored bytes, not decoded values."""
-    beton, keys = BetonFile(path), json.loads(manifest_path(path).read_text())["keys"]
-    out = {}
-    for i, key in enumerate(keys):
-        fields = {n: bytes(beton.raw(n, i)) for n in beton.names if n not in ("label", "index")}
-        meta = beton.metadata("image")[i]
-        fields["image-meta"] = (int(meta["mode"]), int(meta["width"]), int(meta["height"]))
-        fields["label"] = int(beton.arrays("label", [i])[0])
-        out[key] = fields
-    return out
-
-
 def _assert_same(built: Path, local: Path) -> None:
-    got, want = _samples(built), _samples(local)
+    got, want = stored_samples(built), stored_samples(local)
     assert sorted(got) == sorted(want) and len(want) > 30
     for key, fields in want.items():
         assert got[key] == fields, key
