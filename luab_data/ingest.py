@@ -38,6 +38,7 @@ class Summary:
     seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. the image layout found
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per build phase, in order
 
     @property
     def rate(self) -> float:
@@ -48,14 +49,19 @@ class Summary:
             f"records kept    {self.records:,}",
             f"records rejected {sum(self.rejects.values()):,}"
             + "".join(f"\n  {reason:<16}{n:,}" for reason, n in sorted(self.rejects.items())),
-            f"time            {self.seconds:.1f} s ({self.rate:,.0f} records/s)",
+            f"time            {self.seconds:.1f} s ({self.rate:,.0f} records/s)"
+            + (f": {self._phase_text()}" if self.phases else ""),
         ]
         out += self.notes
         out += [f"wrote           {p}" for p in self.outputs]
         return out
 
+    def _phase_text(self) -> str:
+        return ", ".join(f"{name} {secs:.1f} s" for name, secs in self.phases.items())
+
     def as_dict(self) -> dict:
-        return {"records": self.records, "rejects": dict(self.rejects), "seconds": self.seconds}
+        out = {"records": self.records, "rejects": dict(self.rejects), "seconds": self.seconds}
+        return out | ({"phases": dict(self.phases)} if self.phases else {})
 
 
 IMAGE_FOLDERS = {"imagenet-ab": "train", "coco-ab": "train2014"}  # first part of `image` paths

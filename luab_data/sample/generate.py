@@ -573,7 +573,9 @@ def generate_sample(
     spoil = corrupt.plan(spec.size, spec.corrupt, reasons, spec.rng(0, _CORRUPT))
     jobs = [j for p in plans for j in p.jobs(spec, out, spoil if p.name == "train" else {})]
     n_proc = default_processes(spec) if processes is None else processes
-    results = _map(jobs, n_proc)  # the pool forks before the writers start their thread
+    # The pool forks at the first result, after the writers open their files: safe, since the
+    # writers start no thread (a fork beside a running thread could inherit a held lock).
+    results = _map(jobs, n_proc)
     outputs = _Outputs(out, spec)
     try:
         for job, res in zip(jobs, results, strict=True):

@@ -227,6 +227,7 @@ def build_beton(
             show_progress=show_progress,
             summary=summary,
         )
+        summary.phases["records"] = time.perf_counter() - start
         if (
             spill.rows
             and images is None
@@ -245,6 +246,7 @@ def build_beton(
                 strict,
                 show_progress,
             )
+            summary.phases["pack"] = time.perf_counter() - start - summary.phases["records"]
         summary.records = len(keep)
         if n_bad := spill.rows - len(keep):
             summary.rejects[BAD_IMAGE] += n_bad
@@ -253,9 +255,10 @@ def build_beton(
             _write_rejects(final, spill)
             raise NothingKept(summary, spill.rejects, rejects_path(final), shard, images)
         keys = [spill.keys[i] for i in keep]
-        manifest = make_manifest(
-            final, tmp, keys, source, metadata, options, images, summary.as_dict()
-        )
+        manifest = make_manifest(final, tmp, keys, source, metadata, options, images, {})
+        summary.seconds = time.perf_counter() - start
+        summary.phases["manifest"] = summary.seconds - sum(summary.phases.values())
+        manifest["summary"] = summary.as_dict()
         _commit(final, tmp, spill, manifest)
     finally:
         for path in (tmp, spill_file):

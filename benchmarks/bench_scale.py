@@ -1,0 +1,203 @@
+"""ImageNet scale without the images: 1,281,167 ImageNet-AB records through every stage.
+
+The JPEGs of ImageNet cannot be had here, so the byproducts are generated at full scale (the
+sample generator without images, in the release format) and every stage that does not need
+real pixels runs on them, each as the command a user runs (a fresh process, its peak RSS):
+
+1. `luab-data sample --no-images`: the release-format tar.gz of 1,281,167 XML files;
+2. `luab-data build --format parquet`: records/s and peak RSS (goal: bounded, < 2 GB);
+3. `luab-data build` to a .beton where every record points at one tiny JPEG (a folder of
+   symlinks), 8x8 maps: build rate, peak RSS, file and manifest size;
+4. opening that .beton: the coupled FFCV loader's constructor and its first batch, and the
+   trainer's read of the manifest's class names, each in a fresh process.
+
+    python benchmarks/bench_scale.py --n 1281167 --work /tmp/luab-scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "scale.json"
+BIN = Path(sys.executable).parent
+LUAB = str(BIN / "luab-data")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# A small launcher runs each command: the peak RSS that wait4 reports for a child starts at its
+# parent's size at fork (Linux carries it across exec), so this process forks none itself.
+LAUNCH = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+print(usage.ru_maxrss, flush=True)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def measured(cmd: list[str]) -> dict:
+    """Run `cmd` to completion; its wall seconds and the peak RSS (MB) of the largest process
+    of its tree that was waited for (the command and the writer processes it reaps)."""
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", LAUNCH, *cmd], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if out.returncode:
+        raise SystemExit(f"failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-2000:]}")
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(int(out.stdout) / 1024, 1)}
+
+
+def generate(work: Path, n: int) -> tuple[Path, dict]:
+    src = work / "src"
+    if (src / "sample.json").exists():
+        return src, json.loads((work / "generate.json").read_text())
+    cmd = [LUAB, "sample", "--out", str(src), "--size", str(n), "--no-images", "--quiet"]
+    run = measured(cmd)
+    run["records_per_s"] = round(n / run["seconds"])
+    (work / "generate.json").write_text(json.dumps(run))
+    return src, run
+
+
+def parquet_build(src: Path, work: Path, n: int) -> dict:
+    out = work / "parquet"
+    cmd = [LUAB, "build", "--src", str(src / "imagenet_ab_v1_0.tar.gz"), "--out", str(out)]
+    run = measured([*cmd, "--format", "parquet", "--overwrite", "--quiet"])
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return run | {"records_per_s": round(n / run["seconds"]), "output_mb": round(size / 2**20)}
+
+
+def symlink_images(work: Path, n: int) -> Path:
+    """A folder where every record's `train/<wnid>/<stem>.JPEG` is a link to one 48x48 JPEG."""
+    import cv2
+    import numpy as np
+    import pyarrow.dataset as ds
+
+    images = work / "images"
+    done = images / ".complete"
+    if done.exists():
+        return images
+    one = work / "one.JPEG"
+    pixels = np.full((48, 48, 3), 128, np.uint8)
+    cv2.imwrite(str(one), pixels)
+    paths = ds.dataset(work / "parquet", format="parquet").to_table(columns=["image"])
+    seen_dirs: set[str] = set()
+    for rel in paths.column("image").to_pylist():
+        folder = rel.rpartition("/")[0]
+        if folder not in seen_dirs:
+            (images / folder).mkdir(parents=True, exist_ok=True)
+            seen_dirs.add(folder)
+        link = images / rel
+        if not link.is_symlink():
+            link.symlink_to(one)
+    done.touch()
+    return images
+
+
+def beton_build(src: Path, images: Path, work: Path, n: int) -> dict:
+    out = work / "scale.beton"
+    cmd = [
+        LUAB,
+        "build",
+        "--src",
+        str(src / "imagenet_ab_v1_0.tar.gz"),
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--map-size",
+        "8",
+        "--write-mode",
+        "jpg",
+        "--size-tolerance",
+        "1000",  # every record's declared size differs from the one shared JPEG
+        "--overwrite",
+        "--quiet",
+    ]
+    run = measured(cmd)
+    summary = json.loads(Path(f"{out}.json").read_text())["summary"]
+    return run | {
+        "records_per_s": round(n / run["seconds"]),
+        "phases_s": {k: round(v, 1) for k, v in summary["phases"].items()},
+        "file_mb": round(out.stat().st_size / 2**20),
+        "manifest_mb": round(Path(f"{out}.json").stat().st_size / 2**20, 1),
+    }
+
+
+OPEN_LOADER = """
+import os, sys, time
+t0 = time.perf_counter()
+from luab_data.loaders.contract import make_loader
+t1 = time.perf_counter()
+loader = make_loader("ffcv", sys.argv[1], batch_size=256, image_size=32, map_size=8, workers=2)
+t2 = time.perf_counter()
+next(iter(loader))
+t3 = time.perf_counter()
+print(round(t1 - t0, 2), round(t2 - t1, 2), round(t3 - t2, 2), flush=True)
+os._exit(0)  # FFCV's loader threads abort the interpreter's shutdown
+"""
+
+CLASS_NAMES = """
+import time, sys
+sys.path.insert(0, sys.argv[2])
+t0 = time.perf_counter()
+from train.data import json_member
+names = (json_member(sys.argv[1], "metadata") or {}).get("classes")
+print(round(time.perf_counter() - t0, 2), len(names or []))
+"""
+
+
+def open_times(work: Path) -> dict:
+    beton = work / "scale.beton"
+    py = str(BIN / "python")
+    out = subprocess.run([py, "-c", OPEN_LOADER, str(beton)], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(out.stderr[-2000:])
+    imports, construct, first = (float(x) for x in out.stdout.split()[-3:])
+    names = subprocess.run(
+        [py, "-c", CLASS_NAMES, f"{beton}.json", str(ROOT)], capture_output=True, text=True
+    )
+    if names.returncode:
+        raise SystemExit(names.stderr[-2000:])
+    secs, count = names.stdout.split()[-2:]
+    return {
+        "import_s": imports,
+        "loader_constructor_s": construct,
+        "first_batch_s": first,
+        "class_names_from_manifest_s": float(secs),
+        "class_names": int(count),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=1_281_167, help="training records")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/luab-scale"))
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    from luab_data.bench import machine_info
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    report: dict = {"machine": machine_info(), "records": args.n}
+    src, report["generate"] = generate(args.work, args.n)
+    print("generate", report["generate"], flush=True)
+    report["parquet_build"] = parquet_build(src, args.work, args.n)
+    print("parquet", report["parquet_build"], flush=True)
+    start = time.perf_counter()
+    images = symlink_images(args.work, args.n)
+    report["symlinks_s"] = round(time.perf_counter() - start, 1)
+    report["beton_build"] = beton_build(src, images, args.work, args.n)
+    print("beton", report["beton_build"], flush=True)
+    report["open"] = open_times(args.work)
+    print("open", report["open"], flush=True)
+    report["machine"]["load_average_end"] = list(os.getloadavg())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
