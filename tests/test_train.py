@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `train` is not i
 from luab_data.loaders.contract import Batch  # noqa: E402
 from train import fast_train as ft  # noqa: E402
 from train.data import FolderSplit, SyntheticLoader, json_member  # noqa: E402
-from train.models import BasicBlock, LuabNet, ResNet  # noqa: E402
+from train.models import BasicBlock, LuabNet, ResNet, soft_argmax  # noqa: E402
 
 RES, CLASSES = 32, 5
 RT = ft.Runtime(rank=0, world=1, device=torch.device("cpu"), amp=None, channels_last=False)
@@ -239,6 +239,28 @@ def test_mean_average_precision() -> None:
     # class 0: hits at ranks 1 and 4 -> (1/1 + 2/4) / 2; class 1: hits at ranks 1, 2 -> 1
     expected = ((1 + 2 / 4) / 2 + 1.0) / 2
     assert ft.mean_average_precision(scores, targets) == pytest.approx(expected)
+
+
+def test_soft_argmax_finds_a_peak_and_averages_two() -> None:
+    logits = torch.full((1, 2, 4, 8), -1e4)
+    logits[0, 0, 1, 6] = 0.0  # one peak: cell (row 1, column 6)
+    logits[0, 1, 0, 0] = logits[0, 1, 3, 7] = 0.0  # two equal peaks: their midpoint
+    pts = soft_argmax(logits)
+    torch.testing.assert_close(pts[0, 0], torch.tensor([6.5 / 8, 1.5 / 4]))
+    torch.testing.assert_close(pts[0, 1], torch.tensor([0.5, 0.5]))
+
+
+def test_soft_argmax_head_trains_and_flips() -> None:
+    net = _net(point_head="soft-argmax")
+    batch, cfg = _batch(), _cfg(lam=1.0, momentum=0.0, weight_decay=0.0, tta=True)
+    opt = ft.make_optimizer(net, cfg)
+    before = _terms(net.train(), batch, cfg)["point"]
+    ft.train_step(net, opt, batch, cfg, INFO, RT, lr=0.05)
+    assert _terms(net, batch, cfg)["point"] < before
+    net.eval()
+    a = ft.predict(net, batch.images, cfg, RT)["point"]
+    b = ft.predict(net, batch.images.flip(3), cfg, RT)["point"]
+    torch.testing.assert_close(a[:, 0], 1 - b[:, 0])
 
 
 def test_predict_with_flip_is_mirror_symmetric() -> None:

@@ -107,6 +107,12 @@ class Config:
     lam: float = _opt(0.0, "λ: weight of the point loss (0: no point head)")
     mu: float = _opt(0.0, "μ: weight of the attention-map loss (0: no attention head)")
     point_loss: str = _opt("l1", "on valid points only", ("l1", "l2", "smooth_l1"))
+    point_head: str = _opt(
+        "pooled",
+        "pooled: the paper's regression from globally pooled features; soft-argmax: a map "
+        "per point on the feature map, its softmax's expected position",
+        ("pooled", "soft-argmax"),
+    )
     att_loss: str = _opt(
         "kl", "kl: the map as a distribution; bce: the map / its max", ("kl", "bce")
     )
@@ -469,6 +475,7 @@ def build_model(cfg: Config, info: DataInfo) -> LuabNet:
         max(info.n_points, 1),
         n_maps or 1,
         attention_pool=cfg.att_pool,
+        point_head=cfg.point_head,
     )
     net.point_head.requires_grad_(cfg.lam > 0)
     net.attention_head.requires_grad_(cfg.mu > 0)

@@ -156,6 +156,17 @@ def make_backbone(name: str) -> nn.Module:
     return BACKBONES[name]()
 
 
+def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """(N, K, h, w) logit maps -> (N, K, 2) expected (x, y) of their softmax, in [0, 1] crop
+    coordinates (cell centres): a point predicted where the features are, not from their
+    average."""
+    n, k, h, w = logits.shape
+    prob = logits.float().flatten(2).softmax(-1).view(n, k, h, w)
+    xs = (torch.arange(w, device=logits.device, dtype=prob.dtype) + 0.5) / w
+    ys = (torch.arange(h, device=logits.device, dtype=prob.dtype) + 0.5) / h
+    return torch.stack([(prob.sum(2) * xs).sum(-1), (prob.sum(3) * ys).sum(-1)], -1)
+
+
 class LuabNet(nn.Module):
     """Backbone + classifier + point head (pooled features -> K (x, y) in [0, 1] crop coordinates)
     + attention head (feature map -> one logit map per attention channel).
@@ -171,6 +182,7 @@ class LuabNet(nn.Module):
         n_points: int = 1,
         map_channels: int = 2,
         attention_pool: bool = False,
+        point_head: str = "pooled",
     ) -> None:
         super().__init__()
         self.attention_pool = attention_pool
@@ -178,7 +190,14 @@ class LuabNet(nn.Module):
         channels = backbone.out_channels
         self.classifier = nn.Linear(channels, num_classes)
         self.n_points = n_points
-        self.point_head = nn.Linear(channels, 2 * n_points) if n_points else None
+        self.spatial_points = point_head == "soft-argmax"
+        self.point_head: nn.Module | None = None
+        if n_points:
+            self.point_head = (
+                nn.Conv2d(channels, n_points, 1)
+                if self.spatial_points
+                else nn.Linear(channels, 2 * n_points)
+            )
         self.attention_head = nn.Conv2d(channels, map_channels, 1) if map_channels else None
 
     @property
@@ -193,7 +212,9 @@ class LuabNet(nn.Module):
         features = self.backbone(images)
         pooled = features.mean((2, 3))
         out = {"features": features}
-        if points and self.point_head is not None:
+        if points and self.point_head is not None and self.spatial_points:
+            out["points"] = soft_argmax(self.point_head(features))
+        elif points and self.point_head is not None:
             # sigmoid: targets are crop coordinates in [0, 1]; a bounded output keeps the
             # regression from running away at high learning rates times a large λ
             out["points"] = torch.sigmoid(self.point_head(pooled)).view(-1, self.n_points, 2)
