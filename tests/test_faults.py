@@ -178,3 +178,31 @@ def _in_group(proc: psutil.Process, pgid: int) -> bool:
         return os.getpgid(proc.pid) == pgid
     except (ProcessLookupError, psutil.Error):
         return False
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "end"])
+def test_sample_generation_leaves_no_worker_process(tmp_path, how):
+    """`luab-data sample` forks a pool of workers: they are gone when it ends, however it ends
+    (a pool worker once survived the pool's terminate() and the command hung joining it)."""
+    cmd = [str(Path(sys.executable).with_name("luab-data")), "sample", "--out", str(tmp_path)]
+    cmd += ["--size", "20000", "--no-images", "--jobs", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL)
+    try:
+        deadline, workers = time.monotonic() + 150, []
+        while not workers and time.monotonic() < deadline and proc.poll() is None:
+            workers = _alive(psutil.Process(proc.pid).children())
+            time.sleep(0.1)
+        assert len(workers) == 2, "the sample never started its two workers"
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        elif how == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=240)
+        _, alive = psutil.wait_procs(workers, timeout=30)
+    finally:
+        for p in [p for p in psutil.process_iter() if _in_group(p, proc.pid)]:
+            p.kill()
+    assert not alive, f"{how}: workers still running: {alive}"
+    assert code == {"ctrl-c": 1, "sigterm": 128 + signal.SIGTERM, "end": 0}[how]
+    assert (how == "end") == (tmp_path / "sample.json").exists()

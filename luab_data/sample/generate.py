@@ -12,6 +12,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
@@ -410,12 +411,28 @@ def _clear(out: Path) -> None:
             p.unlink()
 
 
+def _worker_signals() -> None:
+    """A pool worker dies on SIGTERM at once (the CLI's handler, inherited through fork, would
+    raise SystemExit inside the pool's queue code: a worker was seen to survive the pool's
+    terminate() that way, and the command hung joining it) and leaves Ctrl-C to the parent."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _map(jobs: list[ChunkJob], processes: int) -> Iterator[ChunkResult]:
     if processes <= 1 or len(jobs) <= 1:
         yield from map(run_chunk, jobs)
         return
-    with multiprocessing.get_context("fork").Pool(processes) as pool:
+    pool = multiprocessing.get_context("fork").Pool(processes, initializer=_worker_signals)
+    try:
         yield from pool.imap(run_chunk, jobs, chunksize=1)
+    except BaseException:  # an error, Ctrl-C, or the consumer closing this generator early
+        pool.terminate()
+        raise
+    else:
+        pool.close()  # the normal end: each worker takes its sentinel and exits
+    finally:
+        pool.join()
 
 
 class _Outputs:
