@@ -231,6 +231,9 @@ def test_localisation_helpers() -> None:
     # sample 0: x = 0.5 + 0.8125 * 0.5 = 0.906 in [0.8, 1]; sample 1 mirrored: 1 - 0.0625
     assert ft.in_object(pts, crop, flips, obj).tolist() == [True, True]
     assert ft.in_object(pts, crop, ~flips, obj).tolist() == [False, False]  # 0.59, 0.53
+    # the pointing game's margin (coordinates here in units of the image): 0.59 is 0.21 left
+    # of box 0; sample 1's x 0.53 lies 0.42 left of box 1
+    assert ft.in_object(pts, crop, ~flips, obj, margin=0.25).tolist() == [True, False]
 
 
 def test_mean_average_precision() -> None:
@@ -291,7 +294,8 @@ def test_folder_split_uses_the_training_label_order(tmp_path: Path) -> None:
     evalset = ft.EvalSet("ood", split, split.object_boxes)
     metrics = ft.evaluate(_eval_net(), evalset, _cfg(lam=1.0, mu=1.0), INFO, RT)
     assert metrics["n"] == len(rows) and 0 <= metrics["top1"] <= 1
-    assert {"loc_cam", "loc_point", "loc_attention"} <= set(metrics)
+    assert {"loc_cam", "loc_point", "loc_attention", "pointing_cam"} <= set(metrics)
+    assert metrics["pointing_cam"] >= metrics["loc_cam"]
 
 
 def _eval_net() -> LuabNet:
