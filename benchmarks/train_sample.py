@@ -1,20 +1,26 @@
-"""Baseline vs LUAB on the bundled shortcut sample: in-distribution and out-of-distribution
-accuracy and localisation, several seeds, with train/fast_train.py on the CPU.
+"""The shortcut experiment: baseline vs LUAB on the bundled sample, over the shortcut's
+strength rho, several seeds, with train/fast_train.py on the CPU.
 
-    .venv/bin/python benchmarks/train_sample.py              # the recorded experiment
-    .venv/bin/python benchmarks/train_sample.py --quick      # README demo: 1 seed, ~2 minutes
+    .venv/bin/python benchmarks/train_sample.py --jobs 2   # the whole sweep (JSON, PNG, table)
+    .venv/bin/python benchmarks/train_sample.py --quick    # README demo: one rho, one seed
 
 The sample (``luab-data sample``) puts each class on its own background family with
 probability rho in the training split and in val_id; val_ood draws backgrounds independently
-of the class. A classifier that reads the background scores ~rho on val_id and ~chance (or
-below: it names the background's class) on val_ood. Localisation: share of val_ood images
-whose class-activation-map peak (every model) or head prediction (point head, attention head)
-falls inside the object's box.
+of the class. A classifier that reads the background scores ~rho on val_id and ~chance on
+val_ood. First the learner is checked without a shortcut (rho = 0.1: its learning curve on
+val_ood), then every variant runs at every rho with seeds 0-2, and with seeds 3-4 too where
+a variant's val_ood mean lies within two standard deviations of another's. Seeds pair runs:
+the same seed gives the same initial weights, data order and crops to every variant, so each
+variant is compared with the baseline seed by seed (mean difference, its 95 % interval).
+Localisation on val_ood: the share of images whose class-activation-map peak (every model) or
+head prediction (point or attention head) falls inside the object's box, and the pointing
+game (within 15 image pixels of it).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -28,112 +34,108 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 CLI = [str(Path(PY).parent / "luab-data")]  # the console script of this environment
+CONFIG = ROOT / "luab_data" / "pipelines" / "train" / "sample-cpu.json"
 VARIANTS = {
     "baseline": [],
-    "luab-point": ["--lam", "1"],
-    "luab-attention": ["--mu", "1"],
-    "luab-attention-pool": ["--mu", "1", "--att-pool"],
+    "point λ=0.1": ["--lam", "0.1"],
+    "point λ=1": ["--lam", "1"],
+    "point λ=10": ["--lam", "10"],
+    "point soft-argmax λ=1": ["--lam", "1", "--point-head", "soft-argmax"],
+    "attention μ=1": ["--mu", "1"],
+    "attention μ=1 + pool": ["--mu", "1", "--att-pool"],
 }
+QUICK_VARIANTS = ("baseline", "point λ=1", "attention μ=1 + pool")
+QUICK_EPOCHS = 6
+RHOS = (0.5, 0.8, 0.9, 0.95)
 METRICS = (  # (column, split, key)
     ("val_id top-1", "val_id", "top1"),
     ("val_ood top-1", "val_ood", "top1"),
-    ("loc CAM (ood)", "val_ood", "loc_cam"),
-    ("loc head (ood)", "val_ood", "loc_head"),
+    ("CAM in box", "val_ood", "loc_cam"),
+    ("CAM pointing", "val_ood", "pointing_cam"),
+    ("head in box", "val_ood", "loc_head"),
 )
+PRIMARY = "val_ood top-1"
+# two-sided 95 % quantiles of Student's t by degrees of freedom (no scipy here)
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
+
+
+# ---------------------------------------------------------------- data and runs
 
 
 def make_data(work: Path, rho: float, size: int, seed: int) -> tuple[Path, Path]:
     """The sample folder and its training .beton (built once, reused)."""
     sample = work / f"sample-rho{rho}-n{size}-s{seed}"
     if not (sample / "sample.json").exists():
-        subprocess.run(
-            [
-                *CLI,
-                "sample",
-                "--out",
-                str(sample),
-                "--rho",
-                str(rho),
-                "--size",
-                str(size),
-                "--seed",
-                str(seed),
-                "--quiet",
-            ],
-            check=True,
-        )
+        cmd = [*CLI, "sample", "--out", str(sample), "--rho", str(rho), "--size", str(size)]
+        subprocess.run([*cmd, "--seed", str(seed), "--quiet"], check=True)
     beton = sample.parent / f"{sample.name}.beton"
     if not Path(f"{beton}.json").exists():
-        subprocess.run(
-            [
-                *CLI,
-                "build",
-                "--src",
-                str(sample / "imagenet_ab_v1_0.tar.gz"),
-                "--images",
-                str(sample),
-                "--out",
-                str(beton),
-                "--recipe",
-                "sample",
-                "--classes",
-                str(sample / "classes.txt"),  # 10-way, not ImageNet-1k
-                "--overwrite",
-                "--quiet",
-            ],
-            check=True,
-        )
+        src = sample / "imagenet_ab_v1_0.tar.gz"
+        cmd = [*CLI, "build", "--src", str(src), "--images", str(sample), "--out", str(beton)]
+        # --classes: the sample's 10 classes, not ImageNet-1k's 1,000
+        cmd += ["--recipe", "sample", "--classes", str(sample / "classes.txt")]
+        subprocess.run([*cmd, "--overwrite", "--quiet"], check=True)
     return sample, beton
 
 
-def run_one(
-    variant: str, seed: int, sample: Path, beton: Path, out: Path, extra: list[str]
-) -> dict:
-    """One training run in its own process; its final metrics record."""
-    run_dir = out / f"{variant}-seed{seed}"
+def run_one(job: dict, data: dict[float, tuple[Path, Path]], args: argparse.Namespace) -> dict:
+    """One training run in its own process; its final metrics record (+ the eval curve)."""
+    sample, beton = data[job["rho"]]
+    run_dir = args.work / "runs" / f"rho{job['rho']}-{_slug(job['variant'])}-seed{job['seed']}"
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    cmd = [
-        PY,
-        str(ROOT / "train" / "fast_train.py"),
-        "--config",
-        str(ROOT / "luab_data" / "pipelines" / "train" / "sample-cpu.json"),
-        "--train",
-        str(beton),
-        "--val",
-        str(sample / "val_id"),
-        str(sample / "val_ood"),
-        "--seed",
-        str(seed),
-        "--out",
-        str(run_dir),
-        "--quiet",
-        *VARIANTS[variant],
-        *extra,
-    ]
+    cmd = [PY, str(ROOT / "train" / "fast_train.py"), "--config", str(args.config)]
+    cmd += ["--train", str(beton), "--val", str(sample / "val_id"), str(sample / "val_ood")]
+    cmd += ["--seed", str(job["seed"]), "--out", str(run_dir), "--quiet"]
+    cmd += [*VARIANTS[job["variant"]], *job.get("extra", []), *args.train_args]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    final = json.loads(lines[-1])
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    final = records[-1]
     for split in ("val_id", "val_ood"):  # the trained head's localisation, if any
         m = final[split]
         m["loc_head"] = m.get("loc_point", m.get("loc_attention"))
-    return {"variant": variant, "seed": seed, **final}
-
-
-def reference_levels(split: Path) -> dict[str, float]:
-    """Localisation scores that need no model: the crop's centre (a 'predict the middle'
-    head; the validation crop is centred) and a uniformly random point (the box's share of
-    the image)."""
-    import csv
-
-    with open(split / "labels.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    box = [
-        [float(r[k]) for k in ("width", "height", "box_x0", "box_y0", "box_x1", "box_y1")]
-        for r in rows
+    curve = [
+        {"epoch": r["epoch"], "top1": r["top1"]}
+        for r in records
+        if r.get("split") == "val_ood" and "top1" in r
     ]
-    centre = [x0 <= w / 2 <= x1 and y0 <= h / 2 <= y1 for w, h, x0, y0, x1, y1 in box]
-    area = [(x1 - x0) * (y1 - y0) / (w * h) for w, h, x0, y0, x1, y1 in box]
-    return {"centre_in_box": statistics.fmean(centre), "random_point": statistics.fmean(area)}
+    run = {**job, **final, "curve": curve}
+    _report(run)
+    return run
+
+
+def _slug(variant: str) -> str:
+    text = variant.replace("λ", "lam").replace("μ", "mu").replace("=", "")
+    return "".join(c if c.isascii() and (c.isalnum() or c == ".") else "-" for c in text)
+
+
+def run_all(jobs: list[dict], data: dict, args: argparse.Namespace) -> list[dict]:
+    with ThreadPoolExecutor(args.jobs) as pool:
+        return list(pool.map(lambda j: run_one(j, data, args), jobs))
+
+
+def close_pairs(runs: list[dict], rho: float) -> set[str]:
+    """Variants whose val_ood mean lies within two standard deviations (the larger of the
+    two) of another variant's at this rho: they get more seeds."""
+    stats = summarise([r for r in runs if r["rho"] == rho])
+    close: set[str] = set()
+    for a, b in itertools.combinations(stats, 2):
+        sa, sb = stats[a][PRIMARY], stats[b][PRIMARY]
+        if abs(sa["mean"] - sb["mean"]) < 2 * max(sa["std"], sb["std"]):
+            close |= {a, b}
+    return close
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def spread(values: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
 
 
 def summarise(runs: list[dict]) -> dict[str, dict[str, dict]]:
@@ -147,29 +149,84 @@ def summarise(runs: list[dict]) -> dict[str, dict[str, dict]]:
         for column, split, key in METRICS:
             values = [r[split][key] for r in mine if r[split].get(key) is not None]
             if values:
-                row[column] = {
-                    "mean": statistics.fmean(values),
-                    "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                    "min": min(values),
-                    "max": max(values),
-                    "n": len(values),
-                }
-        row["cpu_s"] = {"mean": statistics.fmean(r["cpu_s"] for r in mine)}
+                row[column] = spread(values)
+        row["cpu_s"] = spread([r["cpu_s"] for r in mine])
         table[variant] = row
     return table
 
 
-def markdown(table: dict[str, dict[str, dict]]) -> str:
-    head = ["variant", *(c for c, _, _ in METRICS), "CPU s / run"]
+def paired(runs: list[dict], variant: str, column: str = PRIMARY) -> dict | None:
+    """Variant minus baseline, seed by seed (same seed: same init, order and crops)."""
+    split, key = next((s, k) for c, s, k in METRICS if c == column)
+    by_seed = {
+        (r["variant"], r["seed"]): r[split][key] for r in runs if r[split].get(key) is not None
+    }
+    seeds = sorted(s for v, s in by_seed if v == variant and ("baseline", s) in by_seed)
+    if len(seeds) < 2:
+        return None
+    diffs = [by_seed[(variant, s)] - by_seed[("baseline", s)] for s in seeds]
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    half = T95.get(len(diffs) - 1, 1.96) * sd / len(diffs) ** 0.5
+    return {
+        "mean_diff": mean,
+        "sd_diff": sd,
+        "n": len(diffs),
+        "ci95": [mean - half, mean + half],
+        "seeds_better": sum(d > 0 for d in diffs),
+        "diffs": diffs,
+    }
+
+
+# ---------------------------------------------------------------- output
+
+
+def markdown(runs: list[dict], rhos: list[float]) -> str:
+    head = ["rho", "variant", *(c for c, _, _ in METRICS), "Δ val_ood vs baseline (95 % CI)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for variant, row in table.items():
-        cells = [variant]
-        for column, _, _ in METRICS:
-            cell = row.get(column)
-            cells.append("–" if cell is None else f"{cell['mean']:.3f} ± {cell['std']:.3f}")
-        cells.append(f"{row['cpu_s']['mean']:.0f}")
-        lines.append("| " + " | ".join(cells) + " |")
+    for rho in rhos:
+        mine = [r for r in runs if r["rho"] == rho]
+        for variant, row in summarise(mine).items():
+            cells = [f"{rho:g}", variant]
+            for column, _, _ in METRICS:
+                cell = row.get(column)
+                cells.append("–" if cell is None else f"{cell['mean']:.3f} ± {cell['std']:.3f}")
+            cmp = paired(mine, variant) if variant != "baseline" else None
+            cells.append(
+                "–"
+                if cmp is None
+                else f"{cmp['mean_diff']:+.3f} ({cmp['ci95'][0]:+.3f}, {cmp['ci95'][1]:+.3f}), "
+                f"n={cmp['n']}"
+            )
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def plot(runs: list[dict], rhos: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for i, variant in enumerate(VARIANTS):
+        xs, ys, es = [], [], []
+        for rho in rhos:
+            row = summarise([r for r in runs if r["rho"] == rho]).get(variant)
+            if row and PRIMARY in row:
+                xs.append(rho + (i - len(VARIANTS) / 2) * 0.003)  # side by side, not on top
+                ys.append(row[PRIMARY]["mean"])
+                es.append(row[PRIMARY]["std"])
+        if xs:
+            ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=3, label=variant)
+    ax.set_xlabel("rho (share of training images whose background matches the class)")
+    ax.set_ylabel("val_ood top-1 (mean ± sd over seeds)")
+    ax.set_title("Shortcut sample: accuracy on independent backgrounds")
+    ax.axhline(0.1, color="grey", lw=0.8, ls=":")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def machine() -> dict:
@@ -184,70 +241,101 @@ def machine() -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, default=ROOT / "out" / "train_sample")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--rho", type=float, default=0.9)
-    parser.add_argument("--size", type=int, default=2500, help="training images")
-    parser.add_argument("--sample-seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once (one thread each)")
-    parser.add_argument(
-        "--quick", action="store_true", help="the README demo: seed 0, 6 epochs, two runs at once"
+def _report(run: dict) -> None:
+    ood, iid = run["val_ood"], run["val_id"]
+    print(
+        f"rho {run['rho']:<5g} {run['variant']:<22} seed {run['seed']}  val_id {iid['top1']:.3f}  "
+        f"val_ood {ood['top1']:.3f}  CAM in box {ood['loc_cam']:.3f}  {run['cpu_s']:.0f} CPU s",
+        flush=True,
     )
-    parser.add_argument(
-        "--results",
-        type=Path,
-        default=None,
-        help="write the JSON here (e.g. benchmarks/results/train_sample.json)",
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, default=ROOT / "out" / "train_sample")
+    ap.add_argument("--config", type=Path, default=CONFIG, help="trainer config")
+    ap.add_argument("--rho", type=float, nargs="+", default=list(RHOS))
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per variant (more if close)")
+    ap.add_argument("--more-seeds", type=int, default=5, help="seeds where variants are close")
+    ap.add_argument("--size", type=int, default=2500, help="training images of the sample")
+    ap.add_argument("--sample-seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
+    ap.add_argument("--no-learner", action="store_true", help="skip the rho = 0.1 check")
+    ap.add_argument("--quick", action="store_true", help="README demo: rho 0.9, seed 0, 3 variants")
+    ap.add_argument(
+        "--results", type=Path, default=None, help="write JSON and PNG here (a .json path)"
     )
-    args = parser.parse_args(argv)
+    ap.epilog = "Any other option goes to train/fast_train.py (e.g. --epochs 6)."
+    args, args.train_args = ap.parse_known_args(argv)
     if args.quick:
-        args.seeds, args.epochs, args.jobs = [0], 6, 2
+        args.rho, args.seeds, args.more_seeds, args.no_learner = [0.9], 1, 1, True
+        args.variants = list(QUICK_VARIANTS)
+        if "--epochs" not in args.train_args:
+            args.train_args += ["--epochs", str(QUICK_EPOCHS)]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     start, load_before = time.time(), os.getloadavg()
-    sample, beton = make_data(args.work, args.rho, args.size, args.sample_seed)
-    extra = ["--epochs", str(args.epochs)]
-    jobs = [(v, s) for s in args.seeds for v in args.variants]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(lambda j: _report(run_one(*j, sample, beton, args.work, extra)), jobs))
-    table = summarise(runs)
-    refs = {split: reference_levels(sample / split) for split in ("val_id", "val_ood")}
-    print(markdown(table))
-    ood = refs["val_ood"]
-    print(
-        f"\nval_ood localisation without a model: centre of the crop {ood['centre_in_box']:.3f}, "
-        f"random point {ood['random_point']:.3f}"
-    )
+    rhos = sorted(set(args.rho) | (set() if args.no_learner else {0.1}))
+    data = {rho: make_data(args.work, rho, args.size, args.sample_seed) for rho in rhos}
+    learner_job = {"rho": 0.1, "variant": "baseline", "seed": 0, "learner": True}
+    jobs = [] if args.no_learner else [{**learner_job, "extra": ["--eval-every", "1"]}]
+    jobs += [
+        {"rho": rho, "variant": v, "seed": s}
+        for rho in args.rho
+        for s in range(args.seeds)
+        for v in args.variants
+    ]
+    runs = run_all(jobs, data, args)
+    learner = [r for r in runs if r.get("learner")]
+    runs = [r for r in runs if not r.get("learner")]
+    more = [
+        {"rho": rho, "variant": v, "seed": s}
+        for rho in args.rho
+        for v in sorted(close_pairs(runs, rho))
+        for s in range(args.seeds, args.more_seeds)
+    ]
+    runs += run_all(more, data, args)
+    wall = time.time() - start
+    print(markdown(runs, args.rho))
+    if learner:
+        curve = ", ".join(f"{p['epoch']}: {p['top1']:.3f}" for p in learner[0]["curve"])
+        print(f"\nlearner without a shortcut (rho 0.1, baseline): val_ood by epoch {curve}")
+    print(f"\n{len(runs) + len(learner)} runs in {wall / 60:.1f} min wall")
     if args.results:
         record = {
             "what": "baseline vs LUAB on the bundled shortcut sample (train/fast_train.py)",
             "settings": {
                 **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "config": "luab_data/pipelines/train/sample-cpu.json",
                 "variants": {v: VARIANTS[v] for v in args.variants},
+                "trainer_config": json.loads(Path(args.config).read_text()),
             },
             "machine": {**machine(), "loadavg_before": load_before},
-            "wall_s": time.time() - start,
-            "summary": table,
-            "localisation_without_a_model": refs,
+            "wall_s": wall,
+            "learner": learner[0] if learner else None,
+            "by_rho": {
+                str(rho): {
+                    "summary": summarise([r for r in runs if r["rho"] == rho]),
+                    "vs_baseline": {
+                        v: paired([r for r in runs if r["rho"] == rho], v)
+                        for v in args.variants
+                        if v != "baseline"
+                    },
+                }
+                for rho in args.rho
+            },
             "runs": runs,
         }
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(record, indent=1) + "\n")
-
-
-def _report(run: dict) -> dict:
-    ood, iid = run["val_ood"], run["val_id"]
-    print(
-        f"{run['variant']:<20} seed {run['seed']}  val_id {iid['top1']:.3f}  "
-        f"val_ood {ood['top1']:.3f}  loc_cam {ood['loc_cam']:.3f}  "
-        f"{run['cpu_s']:.0f} CPU s",
-        flush=True,
-    )
-    return run
+        plot(runs, args.rho, args.results.with_suffix(".png"))
 
 
 if __name__ == "__main__":

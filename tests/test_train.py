@@ -231,9 +231,9 @@ def test_localisation_helpers() -> None:
     # sample 0: x = 0.5 + 0.8125 * 0.5 = 0.906 in [0.8, 1]; sample 1 mirrored: 1 - 0.0625
     assert ft.in_object(pts, crop, flips, obj).tolist() == [True, True]
     assert ft.in_object(pts, crop, ~flips, obj).tolist() == [False, False]  # 0.59, 0.53
-    # the pointing game's margin (coordinates here in units of the image): 0.59 is 0.21 left
+    # the pointing game's margin, a share of the crop's width (0.5 here): 0.59 is 0.21 left
     # of box 0; sample 1's x 0.53 lies 0.42 left of box 1
-    assert ft.in_object(pts, crop, ~flips, obj, margin=0.25).tolist() == [True, False]
+    assert ft.in_object(pts, crop, ~flips, obj, margin=0.5).tolist() == [True, False]
 
 
 def test_mean_average_precision() -> None:

@@ -715,7 +715,9 @@ def peak_point(maps: torch.Tensor) -> torch.Tensor:
     return torch.stack([(flat % w + 0.5) / w, (flat // w + 0.5) / h], 1).float()
 
 
-POINTING_TOLERANCE_PX = 15.0  # the pointing game's (Zhang et al., 2018) margin around the box
+# The pointing game's margin around the box (Zhang et al., 2018): 15 pixels of a 224-pixel
+# evaluation crop, here as that share of each image's crop width
+POINTING_MARGIN = 15 / 224
 
 
 def in_object(
@@ -726,10 +728,11 @@ def in_object(
     margin: float = 0.0,
 ) -> torch.Tensor:
     """Crop-coordinate points -> whole-image coordinates (undoing flip and crop); inside the
-    object box (inclusive), grown by `margin` image pixels on every side?"""
+    object box (inclusive), grown on every side by `margin` times the crop's width?"""
     x = torch.where(flips, 1 - points[:, 0], points[:, 0])
     x = crop[:, 0] + x * (crop[:, 2] - crop[:, 0])
     y = crop[:, 1] + points[:, 1] * (crop[:, 3] - crop[:, 1])
+    margin = margin * (crop[:, 2] - crop[:, 0])
     x0, y0, x1, y1 = (objects[:, i] for i in range(4))
     return (x >= x0 - margin) & (x <= x1 + margin) & (y >= y0 - margin) & (y <= y1 + margin)
 
@@ -737,7 +740,7 @@ def in_object(
 def evaluate(net: LuabNet, data: EvalSet, cfg: Config, info: DataInfo, rt: Runtime) -> dict:
     """top-1 (mAP when multi-label) and, where object boxes exist, the share of images whose
     CAM peak / attention peak / predicted point falls inside the object box (``loc_*``) or
-    within 15 image pixels of it (``pointing_*``, the pointing game)."""
+    within 15/224 of the crop's width of it (``pointing_*``, the pointing game)."""
     net.eval()
     sums: dict[str, float] = {}
     scores, targets = [], []
@@ -758,7 +761,7 @@ def evaluate(net: LuabNet, data: EvalSet, cfg: Config, info: DataInfo, rt: Runti
                     pts = res[key] if key == "point" else peak_point(res[key])
                     hits = in_object(pts, batch.boxes, batch.flips, objects)
                     _add(sums, f"loc_{key}", hits.sum())
-                    near = in_object(pts, batch.boxes, batch.flips, objects, POINTING_TOLERANCE_PX)
+                    near = in_object(pts, batch.boxes, batch.flips, objects, POINTING_MARGIN)
                     _add(sums, f"pointing_{key}", near.sum())
     totals = _all_reduce(sums, rt)
     metrics = {k: v / max(totals["n"], 1) for k, v in totals.items() if k != "n"}
