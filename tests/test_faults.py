@@ -206,3 +206,21 @@ def test_sample_generation_leaves_no_worker_process(tmp_path, how):
     assert not alive, f"{how}: workers still running: {alive}"
     assert code == {"ctrl-c": 1, "sigterm": 128 + signal.SIGTERM, "end": 0}[how]
     assert (how == "end") == (tmp_path / "sample.json").exists()
+
+
+@pytest.mark.timeout(120)
+def test_the_forkserver_ends_with_the_process_that_started_it():
+    """Not even for a moment an orphan: the writer processes' forkserver is reaped at exit,
+    here a stopped one (SIGSTOP: it cannot notice its parent's exit; reaping must kill it)."""
+    code = (
+        "import os, signal\n"
+        "from multiprocessing import forkserver\n"
+        "from luab_data.beton.ffcv_workers import prestart\n"
+        "prestart()\n"
+        "pid = forkserver._forkserver._forkserver_pid\n"
+        "os.kill(pid, signal.SIGSTOP)\n"
+        "print(pid, flush=True)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    pid = int(out.stdout.split()[-1])
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

@@ -21,6 +21,7 @@ per-worker job, the final allocation table) under its own supervision:
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import multiprocessing as mp
@@ -37,6 +38,7 @@ from typing import Any
 _PRELOAD = ["luab_data.beton.samples", "luab_data.raster", "ffcv.writer", "ffcv.fields"]
 _POLL_S = 0.1
 _REAP_S = 5.0
+_STOP_AT_EXIT = False  # _stop_forkserver registered with atexit
 
 
 class WriterProcessDied(RuntimeError):
@@ -45,8 +47,12 @@ class WriterProcessDied(RuntimeError):
 
 def context() -> mp.context.BaseContext:
     """The multiprocessing context of the writer processes (forkserver, preloaded)."""
+    global _STOP_AT_EXIT
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(_PRELOAD)
+    if not _STOP_AT_EXIT:
+        atexit.register(_stop_forkserver)
+        _STOP_AT_EXIT = True
     return ctx
 
 
@@ -57,6 +63,33 @@ def prestart() -> None:
 
     context()
     forkserver.ensure_running()
+
+
+def _stop_forkserver() -> None:
+    """At exit: close the forkserver's liveness pipe and reap it, so that it does not outlive
+    this process (it was seen as an orphan for seconds after a test session); killed if it
+    has not gone within _REAP_S. CPython keeps this state private (3.8-3.13): if it changes,
+    the forkserver ends by itself as before."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if pid is None or fd is None:
+        return
+    os.close(fd)
+    server._forkserver_alive_fd = None
+    deadline = time.monotonic() + _REAP_S
+    try:
+        while os.waitpid(pid, os.WNOHANG)[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.02)
+    except ChildProcessError:  # already reaped
+        pass
+    server._forkserver_pid = None
 
 
 def write_indexed(
