@@ -82,13 +82,16 @@ def run_one(job: dict, data: dict[float, tuple[Path, Path]], args: argparse.Name
     """One training run in its own process; its final metrics record (+ the eval curve)."""
     sample, beton = data[job["rho"]]
     run_dir = args.work / "runs" / f"rho{job['rho']}-{_slug(job['variant'])}-seed{job['seed']}"
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     cmd = [PY, str(ROOT / "train" / "fast_train.py"), "--config", str(args.config)]
     cmd += ["--train", str(beton), "--val", str(sample / "val_id"), str(sample / "val_ood")]
     cmd += ["--seed", str(job["seed"]), "--out", str(run_dir), "--quiet"]
     cmd += [*VARIANTS[job["variant"]], *job.get("extra", []), *args.train_args]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = _finished(run_dir, cmd, args.config) if args.reuse else None
+    if records is None:  # not run yet with this command and config: run it
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        records = _records(run_dir)
+        (run_dir / "command.json").write_text(json.dumps(_identity(cmd, args.config)))
     final = records[-1]
     for split in ("val_id", "val_ood"):  # the trained head's localisation, if any
         m = final[split]
@@ -101,6 +104,25 @@ def run_one(job: dict, data: dict[float, tuple[Path, Path]], args: argparse.Name
     run = {**job, **final, "curve": curve}
     _report(run)
     return run
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _identity(cmd: list[str], config: Path) -> dict:
+    return {"command": cmd[1:], "config": json.loads(Path(config).read_text())}
+
+
+def _finished(run_dir: Path, cmd: list[str], config: Path) -> list[dict] | None:
+    """The records of a finished earlier run of the same command and config (a sweep that
+    was stopped goes on where it stopped), else None."""
+    try:
+        same = json.loads((run_dir / "command.json").read_text()) == _identity(cmd, config)
+        records = _records(run_dir) if same else []
+    except (OSError, ValueError):
+        return None
+    return records if records and records[-1].get("event") == "final" else None
 
 
 def _slug(variant: str) -> str:
@@ -265,6 +287,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--sample-seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
     ap.add_argument("--no-learner", action="store_true", help="skip the rho = 0.1 check")
+    ap.add_argument(
+        "--no-reuse",
+        dest="reuse",
+        action="store_false",
+        help="rerun runs already finished in --work with the same command and config",
+    )
     ap.add_argument("--quick", action="store_true", help="README demo: rho 0.9, seed 0, 3 variants")
     ap.add_argument(
         "--results", type=Path, default=None, help="write JSON and PNG here (a .json path)"
