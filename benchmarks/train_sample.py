@@ -54,6 +54,14 @@ METRICS = (  # (column, split, key)
     ("CAM pointing", "val_ood", "pointing_cam"),
     ("head in box", "val_ood", "loc_head"),
 )
+COCO_METRICS = (
+    ("val_id mAP", "val_id", "mAP"),
+    ("val_ood mAP", "val_ood", "mAP"),
+    ("CAM in box", "val_ood", "loc_cam"),
+    ("top class's point in box", "val_ood", "loc_point"),
+)
+COCO_CONFIG = ROOT / "luab_data" / "pipelines" / "train" / "coco-sample-cpu.json"
+COCO_VARIANTS = ("baseline", "point λ=1", "attention μ=1")
 PRIMARY = "val_ood top-1"
 # two-sided 95 % quantiles of Student's t by degrees of freedom (no scipy here)
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
@@ -62,36 +70,41 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
 # ---------------------------------------------------------------- data and runs
 
 
-def make_data(work: Path, rho: float, size: int, seed: int) -> tuple[Path, Path]:
+def make_data(work: Path, rho: float, size: int, seed: int, kind: str = "imagenet-ab"):
     """The sample folder and its training .beton (built once, reused)."""
-    sample = work / f"sample-rho{rho}-n{size}-s{seed}"
+    sample = work / f"{kind}-rho{rho}-n{size}-s{seed}"
     if not (sample / "sample.json").exists():
         cmd = [*CLI, "sample", "--out", str(sample), "--rho", str(rho), "--size", str(size)]
-        subprocess.run([*cmd, "--seed", str(seed), "--quiet"], check=True)
+        subprocess.run([*cmd, "--kind", kind, "--seed", str(seed), "--quiet"], check=True)
     beton = sample.parent / f"{sample.name}.beton"
     if not Path(f"{beton}.json").exists():
-        src = sample / "imagenet_ab_v1_0.tar.gz"
+        src = sample / ("imagenet_ab_v1_0.tar.gz" if kind == "imagenet-ab" else "coco_ab_v1_0.json")
         cmd = [*CLI, "build", "--src", str(src), "--images", str(sample), "--out", str(beton)]
-        # --classes: the sample's 10 classes, not ImageNet-1k's 1,000
-        cmd += ["--recipe", "sample", "--classes", str(sample / "classes.txt")]
+        if kind == "imagenet-ab":  # the sample's 10 classes, not ImageNet-1k's 1,000
+            cmd += ["--recipe", "sample", "--classes", str(sample / "classes.txt")]
+        else:  # COCO's 80 categories (10 occur), one point per class; maps for small images
+            cmd += ["--recipe", "coco-ab", "--map-size", "32"]
         subprocess.run([*cmd, "--overwrite", "--quiet"], check=True)
     return sample, beton
 
 
-def run_one(job: dict, data: dict[float, tuple[Path, Path]], args: argparse.Namespace) -> dict:
+def run_one(job: dict, data: dict[tuple, tuple[Path, Path]], args: argparse.Namespace) -> dict:
     """One training run in its own process; its final metrics record (+ the eval curve)."""
-    sample, beton = data[job["rho"]]
-    run_dir = args.work / "runs" / f"rho{job['rho']}-{_slug(job['variant'])}-seed{job['seed']}"
-    cmd = [PY, str(ROOT / "train" / "fast_train.py"), "--config", str(args.config)]
+    kind = job.get("kind", "imagenet-ab")
+    sample, beton = data[(kind, job["rho"])]
+    name = f"{'coco-' if kind == 'coco-ab' else ''}rho{job['rho']}-{_slug(job['variant'])}"
+    run_dir = args.work / "runs" / f"{name}-seed{job['seed']}"
+    config = COCO_CONFIG if kind == "coco-ab" else args.config
+    cmd = [PY, str(ROOT / "train" / "fast_train.py"), "--config", str(config)]
     cmd += ["--train", str(beton), "--val", str(sample / "val_id"), str(sample / "val_ood")]
     cmd += ["--seed", str(job["seed"]), "--out", str(run_dir), "--quiet"]
     cmd += [*VARIANTS[job["variant"]], *job.get("extra", []), *args.train_args]
-    records = _finished(run_dir, cmd, args.config) if args.reuse else None
+    records = _finished(run_dir, cmd, config) if args.reuse else None
     if records is None:  # not run yet with this command and config: run it
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         records = _records(run_dir)
-        (run_dir / "command.json").write_text(json.dumps(_identity(cmd, args.config)))
+        (run_dir / "command.json").write_text(json.dumps(_identity(cmd, config)))
     final = records[-1]
     for split in ("val_id", "val_ood"):  # the trained head's localisation, if any
         m = final[split]
@@ -160,7 +173,7 @@ def spread(values: list[float]) -> dict:
     }
 
 
-def summarise(runs: list[dict]) -> dict[str, dict[str, dict]]:
+def summarise(runs: list[dict], metrics: tuple = METRICS) -> dict[str, dict[str, dict]]:
     """Per variant and metric: mean, sample standard deviation, min, max over seeds."""
     table: dict[str, dict[str, dict]] = {}
     for variant in VARIANTS:
@@ -168,7 +181,7 @@ def summarise(runs: list[dict]) -> dict[str, dict[str, dict]]:
         if not mine:
             continue
         row = {}
-        for column, split, key in METRICS:
+        for column, split, key in metrics:
             values = [r[split][key] for r in mine if r[split].get(key) is not None]
             if values:
                 row[column] = spread(values)
@@ -177,9 +190,11 @@ def summarise(runs: list[dict]) -> dict[str, dict[str, dict]]:
     return table
 
 
-def paired(runs: list[dict], variant: str, column: str = PRIMARY) -> dict | None:
+def paired(
+    runs: list[dict], variant: str, column: str = PRIMARY, metrics: tuple = METRICS
+) -> dict | None:
     """Variant minus baseline, seed by seed (same seed: same init, order and crops)."""
-    split, key = next((s, k) for c, s, k in METRICS if c == column)
+    split, key = next((s, k) for c, s, k in metrics if c == column)
     by_seed = {
         (r["variant"], r["seed"]): r[split][key] for r in runs if r[split].get(key) is not None
     }
@@ -202,17 +217,18 @@ def paired(runs: list[dict], variant: str, column: str = PRIMARY) -> dict | None
 # ---------------------------------------------------------------- output
 
 
-def markdown(runs: list[dict], rhos: list[float]) -> str:
-    head = ["rho", "variant", *(c for c, _, _ in METRICS), "Δ val_ood vs baseline (95 % CI)"]
+def markdown(runs: list[dict], rhos: list[float], metrics: tuple = METRICS) -> str:
+    primary = metrics[1][0]  # val_ood top-1, or mAP
+    head = ["rho", "variant", *(c for c, _, _ in metrics), f"Δ {primary} vs baseline (95 % CI)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rho in rhos:
         mine = [r for r in runs if r["rho"] == rho]
-        for variant, row in summarise(mine).items():
+        for variant, row in summarise(mine, metrics).items():
             cells = [f"{rho:g}", variant]
-            for column, _, _ in METRICS:
+            for column, _, _ in metrics:
                 cell = row.get(column)
                 cells.append("–" if cell is None else f"{cell['mean']:.3f} ± {cell['std']:.3f}")
-            cmp = paired(mine, variant) if variant != "baseline" else None
+            cmp = paired(mine, variant, primary, metrics) if variant != "baseline" else None
             cells.append(
                 "–"
                 if cmp is None
@@ -265,9 +281,11 @@ def machine() -> dict:
 
 def _report(run: dict) -> None:
     ood, iid = run["val_ood"], run["val_id"]
+    key = "mAP" if "mAP" in ood else "top1"
     print(
-        f"rho {run['rho']:<5g} {run['variant']:<22} seed {run['seed']}  val_id {iid['top1']:.3f}  "
-        f"val_ood {ood['top1']:.3f}  CAM in box {ood['loc_cam']:.3f}  {run['cpu_s']:.0f} CPU s",
+        f"{run.get('kind', 'imagenet-ab'):<11} rho {run['rho']:<5g} {run['variant']:<22} "
+        f"seed {run['seed']}  val_id {key} {iid[key]:.3f}  val_ood {key} {ood[key]:.3f}  "
+        f"CAM in box {ood['loc_cam']:.3f}  {run['cpu_s']:.0f} CPU s",
         flush=True,
     )
 
@@ -287,6 +305,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--sample-seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
     ap.add_argument("--no-learner", action="store_true", help="skip the rho = 0.1 check")
+    ap.add_argument("--coco-seeds", type=int, default=3, help="COCO-AB runs per variant (0: none)")
+    ap.add_argument("--coco-size", type=int, default=2500, help="training images, COCO-AB")
+    ap.add_argument("--coco-rho", type=float, default=0.9)
     ap.add_argument(
         "--no-reuse",
         dest="reuse",
@@ -301,6 +322,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args, args.train_args = ap.parse_known_args(argv)
     if args.quick:
         args.rho, args.seeds, args.more_seeds, args.no_learner = [0.9], 1, 1, True
+        args.coco_seeds = 0
         args.variants = list(QUICK_VARIANTS)
         if "--epochs" not in args.train_args:
             args.train_args += ["--epochs", str(QUICK_EPOCHS)]
@@ -312,7 +334,11 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     start, load_before = time.time(), os.getloadavg()
     rhos = sorted(set(args.rho) | (set() if args.no_learner else {0.1}))
-    data = {rho: make_data(args.work, rho, args.size, args.sample_seed) for rho in rhos}
+    data = {("imagenet-ab", r): make_data(args.work, r, args.size, args.sample_seed) for r in rhos}
+    if args.coco_seeds:
+        data[("coco-ab", args.coco_rho)] = make_data(
+            args.work, args.coco_rho, args.coco_size, args.sample_seed, "coco-ab"
+        )
     learner_job = {"rho": 0.1, "variant": "baseline", "seed": 0, "learner": True}
     jobs = [] if args.no_learner else [{**learner_job, "extra": ["--eval-every", "1"]}]
     jobs += [
@@ -321,9 +347,15 @@ def main(argv: list[str] | None = None) -> None:
         for s in range(args.seeds)
         for v in args.variants
     ]
-    runs = run_all(jobs, data, args)
-    learner = [r for r in runs if r.get("learner")]
-    runs = [r for r in runs if not r.get("learner")]
+    jobs += [
+        {"kind": "coco-ab", "rho": args.coco_rho, "variant": v, "seed": s}
+        for s in range(args.coco_seeds)
+        for v in COCO_VARIANTS
+    ]
+    done = run_all(jobs, data, args)
+    learner = [r for r in done if r.get("learner")]
+    coco = [r for r in done if r.get("kind") == "coco-ab"]
+    runs = [r for r in done if not r.get("learner") and r.get("kind") != "coco-ab"]
     more = [
         {"rho": rho, "variant": v, "seed": s}
         for rho in args.rho
@@ -333,37 +365,55 @@ def main(argv: list[str] | None = None) -> None:
     runs += run_all(more, data, args)
     wall = time.time() - start
     print(markdown(runs, args.rho))
+    if coco:
+        print("\nCOCO-AB sample (multi-label, one point per class):")
+        print(markdown(coco, [args.coco_rho], COCO_METRICS))
     if learner:
         curve = ", ".join(f"{p['epoch']}: {p['top1']:.3f}" for p in learner[0]["curve"])
         print(f"\nlearner without a shortcut (rho 0.1, baseline): val_ood by epoch {curve}")
-    print(f"\n{len(runs) + len(learner)} runs in {wall / 60:.1f} min wall")
+    print(f"\n{len(runs) + len(learner) + len(coco)} runs in {wall / 60:.1f} min wall")
     if args.results:
-        record = {
-            "what": "baseline vs LUAB on the bundled shortcut sample (train/fast_train.py)",
-            "settings": {
-                **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "variants": {v: VARIANTS[v] for v in args.variants},
-                "trainer_config": json.loads(Path(args.config).read_text()),
+        write_results(args, runs, coco, learner, wall, load_before)
+
+
+def write_results(
+    args: argparse.Namespace,
+    runs: list[dict],
+    coco: list[dict],
+    learner: list[dict],
+    wall: float,
+    load_before: tuple,
+) -> None:
+    def block(mine: list[dict], variants, metrics: tuple) -> dict:
+        primary = metrics[1][0]
+        return {
+            "summary": summarise(mine, metrics),
+            "vs_baseline": {
+                v: paired(mine, v, primary, metrics) for v in variants if v != "baseline"
             },
-            "machine": {**machine(), "loadavg_before": load_before},
-            "wall_s": wall,
-            "learner": learner[0] if learner else None,
-            "by_rho": {
-                str(rho): {
-                    "summary": summarise([r for r in runs if r["rho"] == rho]),
-                    "vs_baseline": {
-                        v: paired([r for r in runs if r["rho"] == rho], v)
-                        for v in args.variants
-                        if v != "baseline"
-                    },
-                }
-                for rho in args.rho
-            },
-            "runs": runs,
         }
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(record, indent=1) + "\n")
-        plot(runs, args.rho, args.results.with_suffix(".png"))
+
+    record = {
+        "what": "baseline vs LUAB on the bundled shortcut sample (train/fast_train.py)",
+        "settings": {
+            **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "variants": {v: VARIANTS[v] for v in args.variants},
+            "trainer_config": json.loads(Path(args.config).read_text()),
+            "coco_trainer_config": json.loads(COCO_CONFIG.read_text()),
+        },
+        "machine": {**machine(), "loadavg_before": load_before},
+        "wall_s": wall,
+        "learner": learner[0] if learner else None,
+        "by_rho": {
+            str(rho): block([r for r in runs if r["rho"] == rho], args.variants, METRICS)
+            for rho in args.rho
+        },
+        "coco": block(coco, COCO_VARIANTS, COCO_METRICS) if coco else None,
+        "runs": runs + coco,
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(record, indent=1) + "\n")
+    plot(runs, args.rho, args.results.with_suffix(".png"))
 
 
 if __name__ == "__main__":
