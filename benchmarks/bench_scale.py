@@ -42,14 +42,69 @@ sys.exit(os.waitstatus_to_exitcode(status))
 
 
 def measured(cmd: list[str]) -> dict:
-    """Run `cmd` to completion; its wall seconds and the peak RSS (MB) of the largest process
-    of its tree that was waited for (the command and the writer processes it reaps)."""
+    """Run `cmd` to completion: its wall seconds, the peak RSS (MB) of the largest process of
+    its tree that was waited for (the command and the writer processes it reaps), and the
+    tree's memory sampled every 0.2 s from /proc by kind (anonymous: the heap; file: mapped
+    files such as the spill and the written .beton, page cache that the kernel can drop;
+    shmem: shared memory such as FFCV's metadata table), summed over the tree at each sample,
+    peak over time."""
+    import psutil
+
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", LAUNCH, *cmd], capture_output=True, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    peaks = {"RssAnon": 0, "RssFile": 0, "RssShmem": 0}
+    by_role: dict[str, int] = {}  # peak anonymous memory of one process, by its role
+    while proc.poll() is None:
+        try:
+            tree = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            break
+        sums = dict.fromkeys(peaks, 0)
+        for p in tree:
+            mem = _status_kb(p.pid)
+            for kind, kb in mem.items():
+                sums[kind] += kb
+            role = _role(p)
+            by_role[role] = max(by_role.get(role, 0), mem.get("RssAnon", 0))
+        peaks = {k: max(v, sums[k]) for k, v in peaks.items()}
+        time.sleep(0.2)
+    out, err = proc.communicate()
     seconds = time.perf_counter() - start
-    if out.returncode:
-        raise SystemExit(f"failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-2000:]}")
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(int(out.stdout) / 1024, 1)}
+    if proc.returncode:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
+    return {
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": round(int(out) / 1024, 1),
+        "tree_peak_mb": {k: round(v / 1024, 1) for k, v in peaks.items()},
+        "process_peak_anon_mb": {k: round(v / 1024, 1) for k, v in by_role.items()},
+    }
+
+
+def _role(proc) -> str:
+    """build / forkserver / writer / resource_tracker / other, from the command line."""
+    try:
+        line = " ".join(proc.cmdline())
+        parent = " ".join(proc.parent().cmdline()) if proc.parent() else ""
+    except Exception:  # gone meanwhile
+        return "other"
+    if "forkserver" in line:
+        return "forkserver"
+    if "resource_tracker" in line:
+        return "resource_tracker"
+    if "forkserver" in parent:
+        return "writer"
+    return "command" if "luab-data" in line else "other"
+
+
+def _status_kb(pid: int) -> dict[str, int]:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:  # gone meanwhile
+        return {}
+    fields = (line.split() for line in lines if line.startswith(("RssAnon", "RssFile", "RssShmem")))
+    return {f[0].rstrip(":"): int(f[1]) for f in fields}
 
 
 def generate(work: Path, n: int) -> tuple[Path, dict]:
@@ -178,6 +233,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_281_167, help="training records")
     ap.add_argument("--work", type=Path, default=Path("/tmp/luab-scale"))
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--only-beton", action="store_true", help="the .beton steps alone (3, 4)")
     args = ap.parse_args()
     from luab_data.bench import machine_info
 
@@ -185,8 +241,9 @@ def main() -> None:
     report: dict = {"machine": machine_info(), "records": args.n}
     src, report["generate"] = generate(args.work, args.n)
     print("generate", report["generate"], flush=True)
-    report["parquet_build"] = parquet_build(src, args.work, args.n)
-    print("parquet", report["parquet_build"], flush=True)
+    if not args.only_beton:
+        report["parquet_build"] = parquet_build(src, args.work, args.n)
+        print("parquet", report["parquet_build"], flush=True)
     start = time.perf_counter()
     images = symlink_images(args.work, args.n)
     report["symlinks_s"] = round(time.perf_counter() - start, 1)

@@ -29,7 +29,7 @@ PHASES = ("records", "pack", "manifest")
 LUAB = str(Path(sys.executable).parent / "luab-data")  # the installed command
 
 
-def one_build(sample: Path, out: Path, workers: int) -> dict:
+def one_build(sample: Path, out: Path, workers: int, extra: list[str]) -> dict:
     """Whole-command seconds and the phases the build's manifest records."""
     cmd = [
         LUAB,
@@ -46,6 +46,7 @@ def one_build(sample: Path, out: Path, workers: int) -> dict:
         str(workers),
         "--quiet",
         "--overwrite",
+        *extra,
     ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -60,7 +61,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--data", type=Path, default=Path("/tmp/luab-bench-merge"))
     ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args()
+    ap.epilog = "Any other option goes to `luab-data build` (e.g. --write-mode jpg)."
+    args, extra = ap.parse_known_args()
     from luab_data.bench import machine_info
 
     machine = machine_info()
@@ -68,7 +70,7 @@ def main() -> None:
     runs: dict[int, list[dict]] = {1: [], 2: []}
     for rep in range(args.reps):
         for w in (1, 2) if rep % 2 == 0 else (2, 1):
-            runs[w].append(one_build(sample, args.data / "workers-bench" / f"w{w}.beton", w))
+            runs[w].append(one_build(sample, args.data / "workers-bench" / f"w{w}.beton", w, extra))
             print(f"rep {rep} workers {w}: {runs[w][-1]}", flush=True)
     machine["load_average_end"] = list(os.getloadavg())
     rate = {
@@ -89,6 +91,7 @@ def main() -> None:
         "machine": machine,
         "images": args.n,
         "recipe": "imagenet-ab",
+        "build_options": extra,
         "workers": {str(w): v for w, v in rate.items()},
         **ratio,
         "goal": "pack_2_over_1 >= 1.7",
