@@ -29,8 +29,9 @@ for i in $(seq "$runs"); do
   load=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "run $i: rc=$rc ${secs}s load=$load $(tail -1 "$log_dir/run$i.log")"
   [ "$rc" -eq 0 ] || failed=1
-  left=$(pgrep -f "$snap/" | grep -v "^$$\$" | wc -l)
-  [ "$left" -eq 0 ] || { echo "run $i: $left processes left behind"; failed=1; }
+  sleep 2  # a process that is on its way out is not left behind
+  left=$(pgrep -af "$snap/" | grep -v "^$$ " || true)
+  [ -z "$left" ] || { echo "run $i: processes left behind:"; echo "$left"; failed=1; }
   rm -rf "$snap"
 done
 exit $failed
