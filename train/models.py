@@ -112,9 +112,20 @@ class ResNet(nn.Module):
 
 
 def resnet_small() -> ResNet:
-    """0.4 M parameters, stride 8 (an 8x8 feature map at 64 px, enough to place an attention
+    """0.3 M parameters, stride 8 (an 8x8 feature map at 64 px, enough to place an attention
     peak): ~500 training images/s at 64 px on one CPU core with channels-last."""
     return ResNet(BasicBlock, (1, 1, 1, 1), (16, 32, 64, 128), (1, 2, 2, 1), stem="small")
+
+
+def resnet_small_wide() -> ResNet:
+    """resnet_small with twice the channels (1.2 M parameters): for the capacity question of
+    the shortcut sample's learner (benchmarks/train_sample.md)."""
+    return ResNet(BasicBlock, (1, 1, 1, 1), (32, 64, 128, 256), (1, 2, 2, 1), stem="small")
+
+
+def resnet_small_deep() -> ResNet:
+    """resnet_small with two blocks in each of its first three stages (0.4 M parameters)."""
+    return ResNet(BasicBlock, (2, 2, 2, 1), (16, 32, 64, 128), (1, 2, 2, 1), stem="small")
 
 
 def resnet18() -> ResNet:
@@ -142,6 +153,8 @@ class _TimmTrunk(nn.Module):
 
 BACKBONES: dict[str, Callable[[], nn.Module]] = {
     "resnet_small": resnet_small,
+    "resnet_small_wide": resnet_small_wide,
+    "resnet_small_deep": resnet_small_deep,
     "resnet18": resnet18,
     "resnet50": resnet50,
 }
