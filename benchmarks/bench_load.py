@@ -82,6 +82,15 @@ def prepare(root: Path, n: int, sides: tuple[int, int] = (256, 480)) -> Path:
 # ---------------------------------------------------------------- packing
 
 
+def build_command(sample: Path, out: Path, *extra: str) -> list[str]:
+    """`luab-data build --recipe imagenet-ab` of a `prepare`d sample into `out`, as a user
+    runs it (the console script of this environment), quiet, overwriting."""
+    luab = str(Path(sys.executable).parent / "luab-data")
+    src = str(sample / "imagenet_ab_v1_0.tar.gz")
+    cmd = [luab, "build", "--src", src, "--images", str(sample), "--out", str(out)]
+    return [*cmd, "--recipe", "imagenet-ab", "--quiet", "--overwrite", *extra]
+
+
 def _build(sample: Path, out: Path, byproducts: bool, workers: int) -> float:
     from luab_data.recipes import beton_options, load_recipe
     from luab_data.sources import open_source

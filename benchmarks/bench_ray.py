@@ -21,30 +21,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_load import prepare, spread  # noqa: E402
+from bench_load import build_command, prepare, spread  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ray.json"
-LUAB = [str(Path(sys.executable).parent / "luab-data")]  # the installed command
 
 
 def time_build(sample: Path, out: Path, engine: str) -> float:
     """Seconds of one whole `luab-data build` (process start to exit)."""
-    cmd = [
-        *LUAB,
-        "build",
-        "--src",
-        str(sample / "imagenet_ab_v1_0.tar.gz"),
-        "--images",
-        str(sample),
-        "--out",
-        str(out),
-        "--recipe",
-        "imagenet-ab",
-        "--quiet",
-        "--overwrite",
-        "--engine",
-        engine,
-    ]
+    cmd = build_command(sample, out, "--engine", engine)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start

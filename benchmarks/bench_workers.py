@@ -22,32 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_load import prepare, spread  # noqa: E402
+from bench_load import build_command, prepare, spread  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "workers.json"
 PHASES = ("records", "pack", "manifest")
-LUAB = str(Path(sys.executable).parent / "luab-data")  # the installed command
 
 
 def one_build(sample: Path, out: Path, workers: int, extra: list[str]) -> dict:
     """Whole-command seconds and the phases the build's manifest records."""
-    cmd = [
-        LUAB,
-        "build",
-        "--src",
-        str(sample / "imagenet_ab_v1_0.tar.gz"),
-        "--images",
-        str(sample),
-        "--out",
-        str(out),
-        "--recipe",
-        "imagenet-ab",
-        "--workers",
-        str(workers),
-        "--quiet",
-        "--overwrite",
-        *extra,
-    ]
+    cmd = build_command(sample, out, "--workers", str(workers), *extra)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     total = time.perf_counter() - start
