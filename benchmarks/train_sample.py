@@ -44,8 +44,12 @@ VARIANTS = {
     "attention μ=1": ["--mu", "1"],
     "attention μ=1 + pool": ["--mu", "1", "--att-pool"],
 }
+# The spatial point head answers the issue's "in the forms its users would try" at one rho (the
+# paper's 0.9), not across the sweep: a run costs ~90 CPU s and the sweep must fit 90 minutes.
+ONLY_AT = {"point soft-argmax λ=1": (0.9,)}
 QUICK_VARIANTS = ("baseline", "point λ=1", "attention μ=1 + pool")
 QUICK_EPOCHS = 6
+QUICK_SIZE = 10000
 RHOS = (0.5, 0.8, 0.9, 0.95)
 METRICS = (  # (column, split, key)
     ("val_id top-1", "val_id", "top1"),
@@ -60,6 +64,7 @@ COCO_METRICS = (
     ("CAM in box", "val_ood", "loc_cam"),
     ("top class's point in box", "val_ood", "loc_point"),
 )
+PROBE_RHO = 0.9  # where the linear probes read what the features encode
 COCO_CONFIG = ROOT / "luab_data" / "pipelines" / "train" / "coco-sample-cpu.json"
 COCO_VARIANTS = ("baseline", "point λ=1", "attention μ=1")
 PRIMARY = "val_ood top-1"
@@ -114,7 +119,7 @@ def run_one(job: dict, data: dict[tuple, tuple[Path, Path]], args: argparse.Name
         for r in records
         if r.get("split") == "val_ood" and "top1" in r
     ]
-    run = {**job, **final, "curve": curve}
+    run = {**job, **final, "curve": curve, "dir": str(run_dir)}
     _report(run)
     return run
 
@@ -158,6 +163,21 @@ def close_pairs(runs: list[dict], rho: float) -> set[str]:
         if abs(sa["mean"] - sb["mean"]) < 2 * max(sa["std"], sb["std"]):
             close |= {a, b}
     return close
+
+
+def probe_all(runs: list[dict], data: dict, rho: float) -> dict[str, dict[str, dict]]:
+    """Linear probes of each run's features at this rho (benchmarks/probe_features.py): per
+    variant, mean ± sd over seeds of what they read out (class, background, position)."""
+    from probe_features import probe_run
+
+    val_ood, splits = data[("imagenet-ab", rho)][0] / "val_ood", {}
+    found: dict[str, list[dict]] = {}
+    for run in (r for r in runs if r["rho"] == rho):
+        found.setdefault(run["variant"], []).append(probe_run(Path(run["dir"]), val_ood, splits))
+    return {
+        variant: {key: spread([p[key] for p in probes]) for key in probes[0] if key != "run"}
+        for variant, probes in found.items()
+    }
 
 
 # ---------------------------------------------------------------- statistics
@@ -239,6 +259,15 @@ def markdown(runs: list[dict], rhos: list[float], metrics: tuple = METRICS) -> s
     return "\n".join(lines)
 
 
+def probe_markdown(probes: dict[str, dict[str, dict]]) -> str:
+    keys = list(next(iter(probes.values())))
+    lines = ["| variant | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    for variant, row in probes.items():
+        cells = [f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in keys]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(runs: list[dict], rhos: list[float], path: Path) -> None:
     import matplotlib
 
@@ -301,7 +330,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--seeds", type=int, default=3, help="seeds per variant (more if close)")
     ap.add_argument("--more-seeds", type=int, default=5, help="seeds where variants are close")
-    ap.add_argument("--size", type=int, default=2500, help="training images of the sample")
+    ap.add_argument("--size", type=int, default=20000, help="training images of the sample")
     ap.add_argument("--sample-seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
     ap.add_argument("--no-learner", action="store_true", help="skip the rho = 0.1 check")
@@ -322,6 +351,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args, args.train_args = ap.parse_known_args(argv)
     if args.quick:
         args.rho, args.seeds, args.more_seeds, args.no_learner = [0.9], 1, 1, True
+        args.size = min(args.size, QUICK_SIZE)
         args.coco_seeds = 0
         args.variants = list(QUICK_VARIANTS)
         if "--epochs" not in args.train_args:
@@ -346,6 +376,7 @@ def main(argv: list[str] | None = None) -> None:
         for rho in args.rho
         for s in range(args.seeds)
         for v in args.variants
+        if rho in ONLY_AT.get(v, (rho,))
     ]
     jobs += [
         {"kind": "coco-ab", "rho": args.coco_rho, "variant": v, "seed": s}
@@ -363,17 +394,21 @@ def main(argv: list[str] | None = None) -> None:
         for s in range(args.seeds, args.more_seeds)
     ]
     runs += run_all(more, data, args)
+    probes = probe_all(runs, data, PROBE_RHO) if PROBE_RHO in args.rho and not args.quick else {}
     wall = time.time() - start
     print(markdown(runs, args.rho))
     if coco:
         print("\nCOCO-AB sample (multi-label, one point per class):")
         print(markdown(coco, [args.coco_rho], COCO_METRICS))
+    if probes:
+        print(f"\nlinear probes of the features at rho {PROBE_RHO} (val_ood halves):")
+        print(probe_markdown(probes))
     if learner:
         curve = ", ".join(f"{p['epoch']}: {p['top1']:.3f}" for p in learner[0]["curve"])
         print(f"\nlearner without a shortcut (rho 0.1, baseline): val_ood by epoch {curve}")
     print(f"\n{len(runs) + len(learner) + len(coco)} runs in {wall / 60:.1f} min wall")
     if args.results:
-        write_results(args, runs, coco, learner, wall, load_before)
+        write_results(args, runs, coco, learner, probes, wall, load_before)
 
 
 def write_results(
@@ -381,6 +416,7 @@ def write_results(
     runs: list[dict],
     coco: list[dict],
     learner: list[dict],
+    probes: dict,
     wall: float,
     load_before: tuple,
 ) -> None:
@@ -409,6 +445,7 @@ def write_results(
             for rho in args.rho
         },
         "coco": block(coco, COCO_VARIANTS, COCO_METRICS) if coco else None,
+        "probes": {"rho": PROBE_RHO, "by_variant": probes} if probes else None,
         "runs": runs + coco,
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
