@@ -98,8 +98,10 @@ def run_one(job: dict, data: dict[tuple, tuple[Path, Path]], args: argparse.Name
     kind = job.get("kind", "imagenet-ab")
     sample, beton = data[(kind, job["rho"])]
     name = f"{'coco-' if kind == 'coco-ab' else ''}rho{job['rho']}-{_slug(job['variant'])}"
-    run_dir = args.work / "runs" / f"{name}-seed{job['seed']}"
     config = COCO_CONFIG if kind == "coco-ab" else args.config
+    if Path(config).resolve() not in (CONFIG, COCO_CONFIG):  # beside the default's runs
+        name += f"-{Path(config).stem}"
+    run_dir = args.work / "runs" / f"{name}-seed{job['seed']}"
     cmd = [PY, str(ROOT / "train" / "fast_train.py"), "--config", str(config)]
     cmd += ["--train", str(beton), "--val", str(sample / "val_id"), str(sample / "val_ood")]
     cmd += ["--seed", str(job["seed"]), "--out", str(run_dir), "--quiet"]
@@ -122,6 +124,10 @@ def run_one(job: dict, data: dict[tuple, tuple[Path, Path]], args: argparse.Name
     run = {**job, **final, "curve": curve, "dir": str(run_dir)}
     _report(run)
     return run
+
+
+def _trainer(config: Path) -> dict:
+    return json.loads(Path(config).read_text())["trainer"]
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -334,6 +340,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--sample-seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
     ap.add_argument("--no-learner", action="store_true", help="skip the rho = 0.1 check")
+    ap.add_argument(
+        "--learner-only",
+        action="store_true",
+        help="only the rho = 0.1 check with --config (e.g. sample-cpu-long.json), no sweep",
+    )
     ap.add_argument("--coco-seeds", type=int, default=3, help="COCO-AB runs per variant (0: none)")
     ap.add_argument("--coco-size", type=int, default=2500, help="training images, COCO-AB")
     ap.add_argument("--coco-rho", type=float, default=0.9)
@@ -349,6 +360,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.epilog = "Any other option goes to train/fast_train.py (e.g. --epochs 6)."
     args, args.train_args = ap.parse_known_args(argv)
+    if args.learner_only:
+        args.rho, args.coco_seeds, args.no_learner = [], 0, False
     if args.quick:
         args.rho, args.seeds, args.more_seeds, args.no_learner = [0.9], 1, 1, True
         args.size = min(args.size, QUICK_SIZE)
@@ -369,8 +382,10 @@ def main(argv: list[str] | None = None) -> None:
         data[("coco-ab", args.coco_rho)] = make_data(
             args.work, args.coco_rho, args.coco_size, args.sample_seed, "coco-ab"
         )
-    learner_job = {"rho": 0.1, "variant": "baseline", "seed": 0, "learner": True}
-    jobs = [] if args.no_learner else [{**learner_job, "extra": ["--eval-every", "1"]}]
+    # the curve: every epoch unless the config sets its own evaluation interval
+    curve = [] if "eval_every" in _trainer(args.config) else ["--eval-every", "1"]
+    learner_job = {"rho": 0.1, "variant": "baseline", "seed": 0, "learner": True, "extra": curve}
+    jobs = [] if args.no_learner else [learner_job]
     jobs += [
         {"rho": rho, "variant": v, "seed": s}
         for rho in args.rho
@@ -396,7 +411,8 @@ def main(argv: list[str] | None = None) -> None:
     runs += run_all(more, data, args)
     probes = probe_all(runs, data, PROBE_RHO) if PROBE_RHO in args.rho and not args.quick else {}
     wall = time.time() - start
-    print(markdown(runs, args.rho))
+    if runs:
+        print(markdown(runs, args.rho))
     if coco:
         print("\nCOCO-AB sample (multi-label, one point per class):")
         print(markdown(coco, [args.coco_rho], COCO_METRICS))
@@ -450,7 +466,8 @@ def write_results(
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(record, indent=1) + "\n")
-    plot(runs, args.rho, args.results.with_suffix(".png"))
+    if runs:
+        plot(runs, args.rho, args.results.with_suffix(".png"))
 
 
 if __name__ == "__main__":
