@@ -363,6 +363,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--results", type=Path, default=None, help="write JSON and PNG here (a .json path)"
     )
+    ap.add_argument("--report", type=Path, help="print the tables of a finished sweep's JSON")
     ap.epilog = "Any other option goes to train/fast_train.py (e.g. --epochs 6)."
     args, args.train_args = ap.parse_known_args(argv)
     if args.learner_only:
@@ -379,6 +380,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    if args.report:
+        return report_from(args.report)
     args.work.mkdir(parents=True, exist_ok=True)
     start, load_before = time.time(), os.getloadavg()
     rhos = sorted(set(args.rho) | (set() if args.no_learner else {0.1}))
@@ -416,20 +419,38 @@ def main(argv: list[str] | None = None) -> None:
     runs += run_all(more, data, args)
     probes = probe_all(runs, data, PROBE_RHO) if PROBE_RHO in args.rho and not args.quick else {}
     wall = time.time() - start
+    report(runs, args.rho, coco, args.coco_rho, probes, learner[0] if learner else None)
+    print(f"\n{len(runs) + len(learner) + len(coco)} runs in {wall / 60:.1f} min wall")
+    if args.results:
+        write_results(args, runs, coco, learner, probes, wall, load_before)
+
+
+def report(
+    runs: list[dict], rhos: list, coco: list, coco_rho: float, probes: dict, learner: dict | None
+) -> None:
+    """The tables of a sweep (also rebuilt from its JSON with --report)."""
     if runs:
-        print(markdown(runs, args.rho))
+        print(markdown(runs, rhos))
     if coco:
         print("\nCOCO-AB sample (multi-label, one point per class):")
-        print(markdown(coco, [args.coco_rho], COCO_METRICS))
+        print(markdown(coco, [coco_rho], COCO_METRICS))
     if probes:
         print(f"\nlinear probes of the features at rho {PROBE_RHO} (val_ood halves):")
         print(probe_markdown(probes))
     if learner:
-        curve = ", ".join(f"{p['epoch']}: {p['top1']:.3f}" for p in learner[0]["curve"])
+        curve = ", ".join(f"{p['epoch']}: {p['top1']:.3f}" for p in learner["curve"])
         print(f"\nlearner without a shortcut (rho 0.1, baseline): val_ood by epoch {curve}")
-    print(f"\n{len(runs) + len(learner) + len(coco)} runs in {wall / 60:.1f} min wall")
-    if args.results:
-        write_results(args, runs, coco, learner, probes, wall, load_before)
+
+
+def report_from(path: Path) -> None:
+    """--report: the tables of a finished sweep, from its JSON."""
+    record = json.loads(path.read_text())
+    coco = [r for r in record["runs"] if r.get("kind") == "coco-ab"]
+    runs = [r for r in record["runs"] if r.get("kind") != "coco-ab"]
+    rhos = sorted({r["rho"] for r in runs})
+    probes = (record.get("probes") or {}).get("by_variant") or {}
+    coco_rho = record["settings"]["coco_rho"]
+    report(runs, rhos, coco, coco_rho, probes, record.get("learner"))
 
 
 def write_results(
