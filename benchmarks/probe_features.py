@@ -22,6 +22,7 @@ import csv
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from train.data import FolderSplit  # noqa: E402
-from train.fast_train import in_object  # noqa: E402
+from train.fast_train import in_object, prepare_images  # noqa: E402
 from train.models import LuabNet, make_backbone  # noqa: E402
 
 
@@ -51,24 +52,24 @@ def load_net(run: Path) -> tuple[LuabNet, dict]:
     return net.eval(), cfg
 
 
+_CPU = SimpleNamespace(channels_last=True)  # prepare_images reads only this of a Runtime
+
+
 @torch.no_grad()
 def pooled_features(net: LuabNet, split: FolderSplit) -> dict[str, torch.Tensor]:
-    """(N, C) features pooled over the whole map, the object's cells, the other cells."""
-    out: dict[str, list] = {"global": [], "object": [], "background": []}
+    """(N, C) features pooled over the whole map, the object's cells, the other cells; and
+    (N, 4) each image's crop box."""
+    out: dict[str, list] = {"global": [], "object": [], "background": [], "crops": []}
     for batch in split:
-        images = (batch.images.float() / 255 - _MEAN) / _STD
-        features = net.backbone(images.contiguous(memory_format=torch.channels_last)).float()
+        features = net.backbone(prepare_images(batch.images, _CPU)).float()
         n, _, h, w = features.shape
         inside = _cells_in_object(h, w, batch.boxes, split.object_boxes[batch.indices])
         weights = inside.view(n, 1, h, w).float()
         out["global"].append(features.mean((2, 3)))
         out["object"].append(_masked_mean(features, weights))
         out["background"].append(_masked_mean(features, 1 - weights))
+        out["crops"].append(batch.boxes)
     return {k: torch.cat(v) for k, v in out.items()}
-
-
-_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
 def _cells_in_object(h: int, w: int, crops: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
@@ -158,7 +159,6 @@ def probe_run(run: Path, split_dir: Path, splits: dict) -> dict:
     split, background = splits[key]
     torch.manual_seed(0)
     feats = pooled_features(net, split)
-    _, crops = split._decoded()
     labels = split.labels
     return {
         "run": run.name,
@@ -166,7 +166,7 @@ def probe_run(run: Path, split_dir: Path, splits: dict) -> dict:
         "class_from_object_cells": probe_accuracy(feats["object"], labels),
         "class_from_background_cells": probe_accuracy(feats["background"], labels),
         "background_from_global": probe_accuracy(feats["global"], background),
-        "position_r2_from_global": probe_r2(feats["global"], object_centres(split, crops)),
+        "position_r2_from_global": probe_r2(feats["global"], object_centres(split, feats["crops"])),
     }
 
 
