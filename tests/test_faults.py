@@ -190,7 +190,8 @@ def test_sample_generation_leaves_no_worker_process(tmp_path, how):
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL)
     try:
         deadline, workers = time.monotonic() + 150, []
-        while not workers and time.monotonic() < deadline and proc.poll() is None:
+        # The pool forks its workers one after the other: wait for both, not the first.
+        while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
             workers = _alive(psutil.Process(proc.pid).children())
             time.sleep(0.1)
         assert len(workers) == 2, "the sample never started its two workers"
