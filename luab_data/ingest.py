@@ -57,7 +57,8 @@ class Summary:
         return out
 
     def _phase_text(self) -> str:
-        return ", ".join(f"{name} {secs:.1f} s" for name, secs in self.phases.items())
+        phases = self.phases.items()
+        return ", ".join(f"{name.replace('_', ' ')} {secs:.1f} s" for name, secs in phases)
 
     def as_dict(self) -> dict:
         out = {"records": self.records, "rejects": dict(self.rejects), "seconds": self.seconds}

@@ -102,8 +102,10 @@ def write_indexed(
     chunk_size: int = 100,
     page_size: int = 8 << 20,
     progress: Any = None,
-) -> None:
-    """Write `dataset[i]` for i in `indices` (in that order) into the .beton `path`.
+) -> float:
+    """Write `dataset[i]` for i in `indices` (in that order) into the .beton `path`; returns
+    the `time.monotonic()` at which the last writer process began writing (what came before is
+    start-up: the forkserver's imports, FFCV's set-up; the rest is the writing itself).
 
     `dataset` and `fields` are pickled to the workers: FFCV encodes each sample with the same
     field objects that the dataset sees (one pickle keeps them one object). `progress` is an
@@ -122,6 +124,7 @@ def write_indexed(
     allocator.next_page_allocated = ctx.Value(ctypes.c_uint64, 0)
     allocator.next_page_written = ctx.Value(ctypes.c_uint64, 0)
     work, results, done = ctx.Queue(), ctx.Queue(), ctx.Value(ctypes.c_uint64, 0)
+    began = ctx.RawArray(ctypes.c_double, workers)  # each writer's time.monotonic() at its start
     order = list(enumerate(int(i) for i in indices))
     for start in range(0, len(order), chunk_size):
         work.put(order[start : start + chunk_size])
@@ -141,7 +144,7 @@ def write_indexed(
     procs = [
         ctx.Process(
             target=_worker,
-            args=(build, worker_job_indexed_dataset, job),
+            args=(build, worker_job_indexed_dataset, job, began, w),
             daemon=True,
             name=f"ffcv-writer-{w}",
         )
@@ -158,12 +161,15 @@ def write_indexed(
         _stop(procs, [work, results], clean=finished)
         writer.metadata_sm.close()
         writer.metadata_sm.unlink()
+    return max(began)
 
 
-def _worker(build: int, job_fn: Any, job: tuple) -> None:
-    """A writer process: exits with the build, leaves Ctrl-C to it, then runs FFCV's job."""
+def _worker(build: int, job_fn: Any, job: tuple, began: Any, w: int) -> None:
+    """A writer process: exits with the build, leaves Ctrl-C to it, then runs FFCV's job
+    (noting when it began in `began[w]`; CLOCK_MONOTONIC is one clock for all processes)."""
     threading.Thread(target=_exit_with, args=(build,), daemon=True, name="build-watch").start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    began[w] = time.monotonic()
     job_fn(*job)
 
 

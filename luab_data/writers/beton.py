@@ -123,14 +123,15 @@ def _drop_missing(
 
 def write_samples(
     dataset: PackSamples, path: Path, keep: np.ndarray, workers: int, show_progress: bool
-) -> None:
+) -> float:
+    """Write the kept samples; returns when the last writer process began (time.monotonic)."""
     from tqdm import tqdm
 
     bar = tqdm(
         total=len(keep), desc="pack", unit="img", disable=not show_progress, dynamic_ncols=True
     )
     with bar:
-        write_indexed(
+        return write_indexed(
             str(path),
             dataset.fields,
             dataset,
@@ -155,29 +156,31 @@ def pack(
     workers: int,
     strict: bool,
     show_progress: bool,
-) -> np.ndarray:
-    """Write the .beton from the spill; returns the kept record indices (possibly none).
+) -> tuple[np.ndarray, float]:
+    """Write the .beton from the spill; returns the kept record indices (possibly none) and
+    the seconds spent before the writer processes were writing (FFCV's imports, set-up).
     Records whose image is refused are rejected (or stop the build when strict) and the file
     rewritten without them."""
-    keep = np.arange(spill.rows)
+    keep, starting, began = np.arange(spill.rows), 0.0, time.monotonic()
     fields_ = make_fields(options, n_labels)
     while True:
         dataset = PackSamples(spill.path, spill.rows, fields_, options, images, n_labels, keep)
-        write_samples(dataset, tmp, keep, workers, show_progress)
+        writing = write_samples(dataset, tmp, keep, workers, show_progress)
+        starting, began = starting + writing - began, time.monotonic()
         flags = np.frombuffer(dataset.failures, np.int8)
         if (flags == FAILED_OTHER).any():
             dataset.sample(int(np.argmax(flags == FAILED_OTHER)))  # raises it here, with context
             raise RuntimeError("a writer process failed on a sample that packs in this process")
         bad = np.flatnonzero(flags == FAILED_IMAGE)
         if not len(bad):
-            return keep
+            return keep, starting
         rejects = [dataset.image_problem(int(i)) for i in bad]
         if strict:
             raise StrictError(rejects[0])
         spill.rejects += rejects
         keep = np.setdiff1d(keep, bad)
         if not len(keep):
-            return keep
+            return keep, starting
 
 
 # ---------------------------------------------------------------- the whole build
@@ -236,7 +239,7 @@ def build_beton(
             raise ValueError("the records carry no JPEG bytes: give the image folder (--images)")
         keep = np.arange(0)
         if spill.rows:
-            keep = pack(
+            keep, starting = pack(
                 spill,
                 tmp,
                 options,
@@ -246,7 +249,9 @@ def build_beton(
                 strict,
                 show_progress,
             )
-            summary.phases["pack"] = time.perf_counter() - start - summary.phases["records"]
+            packing = time.perf_counter() - start - summary.phases["records"]
+            summary.phases["writers_start"] = starting
+            summary.phases["pack"] = packing - starting
         summary.records = len(keep)
         if n_bad := spill.rows - len(keep):
             summary.rejects[BAD_IMAGE] += n_bad
