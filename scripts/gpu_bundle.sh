@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Build the folder that the GPU check carries to a bare GPU machine (default .gpu/, ignored).
 # That machine has Python 3.12 with its own torch, numpy, numba, opencv-headless, pyarrow,
-# pillow, click, tqdm, psutil, setuptools and pytest, but no network and no apt; so here:
+# pillow, click, tqdm, psutil, setuptools and pytest (not isal, not ijson), but no network and
+# no apt; so here:
 #   .gpu/site/           FFCV 1.0.2 built for cp312 against this machine's OpenCV and
-#                        libturbojpeg, unpacked (PYTHONPATH), and a sitecustomize that brings
-#                        setuptools' distutils, which FFCV imports and Python 3.12 dropped
+#                        libturbojpeg, and the lock's isal and ijson, unpacked (PYTHONPATH),
+#                        and a sitecustomize that brings setuptools' distutils, which FFCV
+#                        imports and Python 3.12 dropped
 #   .gpu/lib/            the shared libraries _libffcv needs (ldd), less the C/C++ runtime
 #                        (LD_LIBRARY_PATH)
 #   .gpu/fashion-mnist/  the sample generator's objects, trimmed to 12,000 training items
@@ -34,9 +36,17 @@ echo "== FFCV cp312 wheel with $py312"
 "$build/venv/bin/pip" wheel -q --no-deps --no-build-isolation -w "$build/wheels" \
   "$build"/ffcv-1.0.2.tar.gz
 
+echo "== cp312 wheels of the lock's run-time packages that machine lacks (isal, ijson)"
+for name in isal ijson; do
+  "$build/venv/bin/pip" download -q --no-deps --only-binary :all: \
+    "$(grep -E "^$name==" requirements.lock)" -d "$build/wheels"
+done
+
 rm -rf "$out/site" "$out/lib" "$out/fashion-mnist"
 mkdir -p "$out/site" "$out/lib" "$out/fashion-mnist"
-"$build/venv/bin/python" -m zipfile -e "$build"/wheels/ffcv-1.0.2-cp312-*.whl "$out/site"
+for wheel in "$build"/wheels/*.whl; do
+  "$build/venv/bin/python" -m zipfile -e "$wheel" "$out/site"
+done
 cat > "$out/site/sitecustomize.py" <<'PY'
 # Python 3.12 has no distutils; FFCV imports distutils.log. setuptools carries a copy.
 try:
