@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import io
+import itertools
 import random
 import tarfile
 
@@ -70,6 +72,34 @@ def test_cut_archive_raises(tmp_path, keep):
     with pytest.raises(SourceError, match="truncated or corrupt"):
         for _ in iter_blocks(cut):
             pass
+
+
+@pytest.mark.parametrize("read_size", [700, 1 << 20])
+def test_concatenated_gzip_members_read_as_one_stream(tmp_path, monkeypatch, read_size):
+    """`cat a.gz b.gz` and parallel gzip tools write several gzip members: one tar stream."""
+    plain = tmp_path / "a.tar"
+    members = make_tar(plain, tarfile.PAX_FORMAT, compress=False, n=200)
+    data = plain.read_bytes()
+    cuts = [0, 777, len(data) // 2, len(data) - 3, len(data)]  # inside headers and data alike
+    path = tmp_path / "multi.tar.gz"
+    path.write_bytes(b"".join(gzip.compress(data[a:b]) for a, b in itertools.pairwise(cuts)))
+    monkeypatch.setattr(tar_stream, "READ_SIZE", read_size)
+    got = [
+        (n, b.buf[s:e])
+        for b in iter_blocks(path)
+        for n, s, e in zip(b.names, b.starts, b.ends, strict=True)
+    ]
+    assert got == members
+
+
+def test_corrupt_gzip_data_raises_with_where(tmp_path):
+    path = tmp_path / "a.tar.gz"
+    make_tar(path, tarfile.GNU_FORMAT, compress=True, n=300)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # a run of zeros inside the deflate data
+    path.write_bytes(bytes(data))
+    with pytest.raises(SourceError, match=r"corrupt gzip data after \d+ bytes"):
+        list(iter_blocks(path))
 
 
 def test_corrupt_header_raises(tmp_path):
