@@ -146,6 +146,7 @@ class PackSamples:
         return self._blocks[start]
 
     def __getitem__(self, index: int) -> tuple:
+        index = int(index)  # the writers' work comes as numpy arrays of indices
         try:
             return self.sample(index)
         except Exception:
