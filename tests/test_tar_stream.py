@@ -35,6 +35,14 @@ def make_tar(path, fmt: int, compress: bool, n: int = 120) -> list[tuple[str, by
     return members
 
 
+def read_members(path) -> list[tuple[str, bytes]]:
+    return [
+        (name, b.buf[s:e])
+        for b in iter_blocks(path)
+        for name, s, e in zip(b.names, b.starts, b.ends, strict=True)
+    ]
+
+
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
 @pytest.mark.parametrize("read_size", [700, 5000, 1 << 20])
 def test_members_match_tarfile(tmp_path, monkeypatch, fmt, read_size):
@@ -43,23 +51,13 @@ def test_members_match_tarfile(tmp_path, monkeypatch, fmt, read_size):
     assert max(len(name) for name, _ in members) > 100
     monkeypatch.setattr(tar_stream, "READ_SIZE", read_size)
     monkeypatch.setattr(tar_stream, "TARGET_MEMBERS", 17)
-    got = [
-        (name, b.buf[s:e])
-        for b in iter_blocks(path)
-        for name, s, e in zip(b.names, b.starts, b.ends, strict=True)
-    ]
-    assert got == members
+    assert read_members(path) == members
 
 
 def test_uncompressed_tar(tmp_path):
     path = tmp_path / "a.tar"
     members = make_tar(path, tarfile.GNU_FORMAT, compress=False)
-    got = [
-        (n, b.buf[s:e])
-        for b in iter_blocks(path)
-        for n, s, e in zip(b.names, b.starts, b.ends, strict=True)
-    ]
-    assert got == members
+    assert read_members(path) == members
 
 
 @pytest.mark.parametrize("keep", [0.3, 0.7, 0.999])
@@ -84,12 +82,7 @@ def test_concatenated_gzip_members_read_as_one_stream(tmp_path, monkeypatch, rea
     path = tmp_path / "multi.tar.gz"
     path.write_bytes(b"".join(gzip.compress(data[a:b]) for a, b in itertools.pairwise(cuts)))
     monkeypatch.setattr(tar_stream, "READ_SIZE", read_size)
-    got = [
-        (n, b.buf[s:e])
-        for b in iter_blocks(path)
-        for n, s, e in zip(b.names, b.starts, b.ends, strict=True)
-    ]
-    assert got == members
+    assert read_members(path) == members
 
 
 def test_corrupt_gzip_data_raises_with_where(tmp_path):
