@@ -268,14 +268,12 @@ class AllocationTable:
 def _finalize(writer: Any, tables: list[np.ndarray]) -> None:
     """What FFCV's `DatasetWriter.finalize` does, from the writers' arrays: the metadata table
     into its place, the allocation table at the end, the header last (pointing at it)."""
-    from ffcv.types import ALLOC_TABLE_TYPE
-
-    table = np.concatenate([np.empty(0, ALLOC_TABLE_TYPE), *tables])
     with open(writer.fname, "r+b") as fp:
         fp.seek(writer.metadata_start)
         fp.write(writer.metadata_sm.buf)
         writer.header["alloc_table_ptr"] = fp.seek(0, os.SEEK_END)
-        fp.write(table.tobytes())
+        for table in tables:  # one after the other, as FFCV joins them: no joined copy
+            fp.write(np.ascontiguousarray(table).view(np.uint8))
         fp.seek(0)
         fp.write(writer.header.tobytes())
 

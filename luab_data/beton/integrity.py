@@ -45,6 +45,7 @@ from luab_data.beton.paths import manifest_path
 MAX_FIELDS = 256
 MIN_PAGE, MAX_PAGE = 1 << 12, 1 << 32
 CHUNK = 8 << 20  # bytes hashed per read
+CRC_ROWS = 1 << 16  # allocation rows turned into Python tuples at a time
 
 
 class BetonError(ValueError):
@@ -267,8 +268,9 @@ def sample_crc32(layout: Layout, view: memoryview) -> np.ndarray:
     )
     alloc = layout.alloc_table
     order = np.lexsort((alloc["ptr"], alloc["sample_id"]))
-    for sid, ptr, size in alloc[order].tolist():
-        crcs[sid] = zlib.crc32(view[ptr : ptr + size], int(crcs[sid]))
+    for start in range(0, len(order), CRC_ROWS):  # a piece at a time: tuples cost ~150 B each
+        for sid, ptr, size in alloc[order[start : start + CRC_ROWS]].tolist():
+            crcs[sid] = zlib.crc32(view[ptr : ptr + size], int(crcs[sid]))
     return crcs
 
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from luab_data.beton.fields import (
     BETON_FORMAT,
     IMAGE,
@@ -26,6 +28,8 @@ from luab_data.beton.fields import (
     make_fields,
 )
 from luab_data.beton.paths import manifest_path, rejects_path
+
+COUNT_ROWS = 1 << 16  # samples whose points and traces are read at a time for the counts
 
 if TYPE_CHECKING:
     from luab_data.sources import Source
@@ -55,14 +59,7 @@ def make_manifest(
     from luab_data.beton.integrity import file_checksums
 
     fields_ = make_fields(options, label_width(metadata))
-    beton = BetonFile(written)
-    modes = beton.metadata(IMAGE)["mode"]
-    counts = {
-        "samples": len(beton),
-        "jpeg": int((modes == JPEG_MODE).sum()),
-        "raw": int((modes != JPEG_MODE).sum()),
-        **_byproduct_counts(beton, options),
-    }
+    counts = _counts(BetonFile(written), options)  # the reader's tables go before the checksums'
     return {
         "format": "luab-beton",
         "beton_format": BETON_FORMAT,
@@ -81,15 +78,26 @@ def make_manifest(
     }
 
 
+def _counts(beton: Any, options: BetonOptions) -> dict:
+    modes = beton.metadata(IMAGE)["mode"]
+    return {
+        "samples": len(beton),
+        "jpeg": int((modes == JPEG_MODE).sum()),
+        "raw": int((modes != JPEG_MODE).sum()),
+        **_byproduct_counts(beton, options),
+    }
+
+
 def _byproduct_counts(beton: Any, options: BetonOptions) -> dict:
     if not options.byproducts:
         return {}
-    points = beton.arrays(POINT).reshape(len(beton), -1, 2)
-    traces = beton.arrays(TRACE)
-    return {
-        "with_point": int((points[..., 0] >= 0).any(axis=1).sum()),
-        "with_trace": int((traces[:, 0, 0] >= 0).sum()),
-    }
+    with_point = with_trace = 0
+    for start in range(0, len(beton), COUNT_ROWS):  # a piece at a time: traces are 256 B each
+        rows = np.arange(start, min(start + COUNT_ROWS, len(beton)))
+        points = beton.arrays(POINT, rows).reshape(len(rows), -1, 2)
+        with_point += int((points[..., 0] >= 0).any(axis=1).sum())
+        with_trace += int((beton.arrays(TRACE, rows)[:, 0, 0] >= 0).sum())
+    return {"with_point": with_point, "with_trace": with_trace}
 
 
 def describe_source(source: Source) -> dict:
