@@ -125,6 +125,29 @@ def test_manifest_describes_the_build(root, kind):
     assert field_names(path).label == ("labels" if kind == "coco-ab" else "label")
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_checksums_and_counts_do_not_depend_on_the_piece_size(root, kind, monkeypatch):
+    """At 1.28 M samples they are read a piece at a time (bounded memory); pieces of 7 samples
+    must give what one piece gives: the counts by hand, the CRCs of every sample."""
+    from luab_data.beton import integrity
+    from luab_data.beton import manifest as manifest_module
+
+    path = built(root, kind)
+    whole, stored = integrity.file_checksums(path), json.loads(manifest_path(path).read_text())
+    beton = BetonFile(path)
+    traces, points = beton.arrays("trace"), beton.arrays("point").reshape(len(beton), -1, 2)
+    monkeypatch.setattr(integrity, "CRC_ROWS", 7)
+    monkeypatch.setattr(manifest_module, "COUNT_ROWS", 7)
+    assert integrity.file_checksums(path) == whole == stored["checksums"]
+    counts = manifest_module._byproduct_counts(beton, OPTIONS)
+    assert (
+        counts["with_trace"] == int((traces[:, 0, 0] >= 0).sum()) == stored["counts"]["with_trace"]
+    )
+    assert counts["with_point"] == int((points[..., 0] >= 0).any(axis=1).sum())
+    assert counts["with_point"] == stored["counts"]["with_point"]
+    assert len(beton) > 2 * 7  # several pieces, the last one short
+
+
 def test_records_source_with_missing_and_broken_images(root, tmp_path):
     """Records + image folder: a missing JPEG is rejected while reading, an undecodable one
     while packing (the file is then rewritten without it); both land in the rejects file."""
