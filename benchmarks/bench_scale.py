@@ -12,6 +12,7 @@ real pixels runs on them, each as the command a user runs (a fresh process, its 
    trainer's read of the manifest's class names, each in a fresh process.
 
     python benchmarks/bench_scale.py --n 1281167 --work /tmp/luab-scale
+    python benchmarks/bench_scale.py --only-beton --baseline /tmp/luab-base   # vs an older commit
 """
 
 from __future__ import annotations
@@ -183,6 +184,21 @@ def beton_build(src: Path, images: Path, work: Path, n: int) -> dict:
     }
 
 
+def baseline_build(checkout: Path, src: Path, images: Path, args: argparse.Namespace) -> dict:
+    """The .beton build with the package of `checkout` first on the path (its commit noted)."""
+    rev = ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"]
+    commit = subprocess.run(rev, capture_output=True, text=True, check=True).stdout.strip()
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(checkout.resolve())
+    try:
+        return {"commit": commit, **beton_build(src, images, args.work, args.n)}
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
 OPEN_LOADER = """
 import os, sys, time
 t0 = time.perf_counter()
@@ -234,6 +250,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/luab-scale"))
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--only-beton", action="store_true", help="the .beton steps alone (3, 4)")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of an earlier commit (git worktree add DIR REV): its .beton build runs "
+        "too, just before this one's, for a side-by-side comparison (PYTHONPATH=DIR)",
+    )
     args = ap.parse_args()
     from luab_data.bench import machine_info
 
@@ -247,6 +269,9 @@ def main() -> None:
     start = time.perf_counter()
     images = symlink_images(args.work, args.n)
     report["symlinks_s"] = round(time.perf_counter() - start, 1)
+    if args.baseline:
+        report["beton_build_baseline"] = baseline_build(args.baseline, src, images, args)
+        print("beton, baseline", report["beton_build_baseline"], flush=True)
     report["beton_build"] = beton_build(src, images, args.work, args.n)
     print("beton", report["beton_build"], flush=True)
     report["open"] = open_times(args.work)
