@@ -191,6 +191,11 @@ def baseline_build(checkout: Path, src: Path, images: Path, args: argparse.Names
     before = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(checkout.resolve())
     try:
+        # -P: as the console script, which does not put the working folder first on the path
+        where = [sys.executable, "-P", "-c", "import luab_data; print(luab_data.__file__)"]
+        found = subprocess.run(where, capture_output=True, text=True, check=True).stdout
+        if not found.startswith(str(checkout.resolve())):  # an installed package comes first
+            raise SystemExit(f"--baseline: luab_data is imported from {found.strip()}")
         return {"commit": commit, **beton_build(src, images, args.work, args.n)}
     finally:
         if before is None:

@@ -1,6 +1,7 @@
 """The writers' compact allocation table stands in for FFCV's list of allocation tuples: the
-allocator makes the same allocations with it (page overflows and their retries included), and
-it reaches the build process as the rows FFCV's own finalize would have written."""
+allocator makes the same allocations with it (page overflows and their retries included), it
+reaches the build process as the rows FFCV's own finalize would have written, and our
+supervised writer writes the very file FFCV's own `DatasetWriter` writes."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import pickle
 
 import numpy as np
 import pytest
+from ffcv.fields import IntField, NDArrayField, RGBImageField
 from ffcv.memory_allocator import MemoryAllocator
 from ffcv.types import ALLOC_TABLE_TYPE
 
-from luab_data.beton.ffcv_workers import AllocationTable
+from luab_data.beton.ffcv_workers import AllocationTable, plain_ffcv_write, write_indexed
 
 PAGE = 1 << 12
 
@@ -62,3 +64,44 @@ def test_list_operations_the_allocator_uses():
     table.pop(), table.pop()
     with pytest.raises(IndexError):
         table.pop()
+
+
+class _Varied:
+    """Images of many sizes (samples end at every place of a page), a label and an array."""
+
+    def __init__(self, n: int) -> None:
+        rng = np.random.default_rng(1)
+        sides = rng.integers(8, 600, (n, 2))
+        self.items = [
+            (
+                rng.integers(0, 256, (h, w, 3), np.uint8),
+                int(i % 7),
+                rng.random(5, dtype=np.float32),
+            )
+            for i, (h, w) in enumerate(sides.tolist())
+        ]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple:
+        return self.items[i]
+
+
+def _fields() -> dict:
+    return {
+        "image": RGBImageField(write_mode="raw"),
+        "label": IntField(),
+        "vector": NDArrayField(np.dtype("float32"), (5,)),
+    }
+
+
+@pytest.mark.timeout(300)
+def test_supervised_writer_writes_ffcvs_file(tmp_path):
+    """One writer of each (several make the page order a race): byte for byte the same file."""
+    data = _Varied(150)
+    ours, theirs = tmp_path / "ours.beton", tmp_path / "theirs.beton"
+    write_indexed(str(ours), _fields(), data, range(len(data)), workers=1)
+    plain_ffcv_write(str(theirs), _fields(), data, workers=1)
+    assert ours.stat().st_size > 3 * (8 << 20)  # several of FFCV's 8 MiB pages
+    assert ours.read_bytes() == theirs.read_bytes()

@@ -72,9 +72,10 @@ def test_cut_archive_raises(tmp_path, keep):
             pass
 
 
-@pytest.mark.parametrize("read_size", [700, 1 << 20])
+@pytest.mark.parametrize("read_size", [1, 3, 16, 700, 1 << 20])
 def test_concatenated_gzip_members_read_as_one_stream(tmp_path, monkeypatch, read_size):
-    """`cat a.gz b.gz` and parallel gzip tools write several gzip members: one tar stream."""
+    """`cat a.gz b.gz` and parallel gzip tools write several gzip members: one tar stream.
+    Tiny reads put a read's end at every place, the members' ends and headers included."""
     plain = tmp_path / "a.tar"
     members = make_tar(plain, tarfile.PAX_FORMAT, compress=False, n=200)
     data = plain.read_bytes()

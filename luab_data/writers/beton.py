@@ -165,8 +165,7 @@ def pack(
     fields_ = make_fields(options, n_labels)
     while True:
         dataset = PackSamples(spill.path, spill.rows, fields_, options, images, n_labels, keep)
-        writing = write_samples(dataset, tmp, keep, workers, show_progress)
-        starting, began = starting + writing - began, time.monotonic()
+        starting += write_samples(dataset, tmp, keep, workers, show_progress) - began
         flags = np.frombuffer(dataset.failures, np.int8)
         if (flags == FAILED_OTHER).any():
             dataset.sample(int(np.argmax(flags == FAILED_OTHER)))  # raises it here, with context
@@ -181,6 +180,7 @@ def pack(
         keep = np.setdiff1d(keep, bad)
         if not len(keep):
             return keep, starting
+        began = time.monotonic()  # a rewrite's start: its writers, not the rejecting above
 
 
 # ---------------------------------------------------------------- the whole build
