@@ -47,7 +47,8 @@ def thread_cpu() -> dict[int, float]:
 
 
 class ThreadSampler:
-    """Every 0.1 s: the last CPU seconds of every thread and the role its name gives it."""
+    """Every 0.1 s: the last CPU seconds of every thread and the role its name gives it (a
+    thread that ends between two samples loses at most its last 0.1 s: ~2 % of a pool thread)."""
 
     def __init__(self) -> None:
         self.cpu: dict[int, float] = {}
