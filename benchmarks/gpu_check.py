@@ -423,7 +423,7 @@ def _baseline_check(plan: Plan, dev) -> dict:
                 head.requires_grad_(False)
         nets.append(net.to(dev).to(memory_format=torch.channels_last))
     batch = _moved(batch, dev)
-    images = ft.prepare_images(batch.images, rt)
+    images = ft.prepare_images(batch.images, rt.channels_last)
     with torch.autocast(dev.type, torch.bfloat16, enabled=rt.amp is not None):
         terms = ft.luab_loss(nets[0](images), batch, cfg, False)
         plain = nets[1](images)["logits"].float()

@@ -22,7 +22,6 @@ import csv
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -52,16 +51,13 @@ def load_net(run: Path) -> tuple[LuabNet, dict]:
     return net.eval(), cfg
 
 
-_CPU = SimpleNamespace(channels_last=True)  # prepare_images reads only this of a Runtime
-
-
 @torch.no_grad()
 def pooled_features(net: LuabNet, split: FolderSplit) -> dict[str, torch.Tensor]:
     """(N, C) features pooled over the whole map, the object's cells, the other cells; and
     (N, 4) each image's crop box."""
     out: dict[str, list] = {"global": [], "object": [], "background": [], "crops": []}
     for batch in split:
-        features = net.backbone(prepare_images(batch.images, _CPU)).float()
+        features = net.backbone(prepare_images(batch.images, channels_last=True)).float()
         n, _, h, w = features.shape
         inside = _cells_in_object(h, w, batch.boxes, split.object_boxes[batch.indices])
         weights = inside.view(n, 1, h, w).float()

@@ -453,12 +453,12 @@ _MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 _STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
-def prepare_images(images: torch.Tensor, rt: Runtime) -> torch.Tensor:
+def prepare_images(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """uint8 -> normalised float in the model's layout; float input is already normalised."""
     if images.dtype == torch.uint8:
         mean, std = _MEAN.to(images.device), _STD.to(images.device)
         images = (images.float() - mean) / std
-    fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     return images.contiguous(memory_format=fmt)
 
 
@@ -614,7 +614,7 @@ def train_step(
     """One SGD step; returns the detached loss terms (no host sync here)."""
     for group in opt.param_groups:
         group["lr"] = lr
-    images = prepare_images(batch.images, rt)
+    images = prepare_images(batch.images, rt.channels_last)
     with torch.autocast(rt.device.type, rt.amp or torch.float32, enabled=rt.amp is not None):
         out = model(images, points=cfg.lam > 0, attention=cfg.mu > 0)
     terms = luab_loss(out, batch, cfg, info.multilabel)
@@ -746,7 +746,7 @@ def evaluate(net: LuabNet, data: EvalSet, cfg: Config, info: DataInfo, rt: Runti
     scores, targets = [], []
     for batch in data.loader:
         batch = to_device(batch, rt.device)
-        res = predict(net, prepare_images(batch.images, rt), cfg, rt)
+        res = predict(net, prepare_images(batch.images, rt.channels_last), cfg, rt)
         n = batch.labels.shape[0]
         _add(sums, "n", n)
         if info.multilabel:

@@ -233,8 +233,8 @@ class AllocationTable:
     table rows: 24 bytes each (up to twice that while the array doubles) instead of a Python
     tuple of three ints (~150 bytes), and one array when pickled to the build process (at
     1.28 M samples of 5 arrays: ~150 MB instead of ~1 GB in the writers and again in the build
-    process). It offers what FFCV's MemoryAllocator
-    does with its list of allocations: append, pop, [-1], len."""
+    process). It offers what FFCV's MemoryAllocator does with its list of allocations:
+    append, pop, [-1], len."""
 
     def __init__(self, capacity: int = 1 << 12) -> None:
         from ffcv.types import ALLOC_TABLE_TYPE

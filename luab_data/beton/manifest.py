@@ -59,7 +59,7 @@ def make_manifest(
     from luab_data.beton.integrity import file_checksums
 
     fields_ = make_fields(options, label_width(metadata))
-    counts = _counts(BetonFile(written), options)  # the reader's tables go before the checksums'
+    counts = _counts(BetonFile(written), options)  # its tables freed before the checksums
     return {
         "format": "luab-beton",
         "beton_format": BETON_FORMAT,
